@@ -1,0 +1,59 @@
+"""Decode once: every image of a split resized to each image size, kept as one uint8 array per size.
+
+PNG decoding and resizing cost far more than a training step, and a search repeats the same images
+through every trial and epoch. The driver builds `<cache>/<split hash>-<size>.npy` once (reused by
+later runs and resumes), then hands each array to the trials through Ray's object store, which
+keeps one shared copy per node.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tbray import data
+
+
+def path_for(cache_dir: Path, key: str, size: int) -> Path:
+    """Where the array for one split and size lives."""
+    return Path(cache_dir) / f"{key}-{size}.npy"
+
+
+def _decode(root: Path, rel: str, sizes: list[int]) -> list[np.ndarray]:
+    """One decode, every size."""
+    gray = data.load_gray(root / rel)
+    return [data.resize(gray, s) for s in sizes]
+
+
+def build(root: Path, split: pd.DataFrame, sizes: list[int], cache_dir: Path, threads: int | None = None) -> dict[int, Path]:
+    """Make the missing arrays (rows in `split` order) and return the file of each size."""
+    key = data.split_hash(split)
+    paths = {s: path_for(cache_dir, key, s) for s in sorted(set(sizes))}
+    todo = [s for s, p in paths.items() if not p.exists()]
+    if todo:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        arrays = {s: np.empty((len(split), s, s), dtype=np.uint8) for s in todo}
+        with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+            for i, images in enumerate(pool.map(lambda rel: _decode(root, rel, todo), split["path"])):
+                for s, image in zip(todo, images):
+                    arrays[s][i] = image
+        for s in todo:
+            tmp = paths[s].with_suffix(f".{os.getpid()}.tmp.npy")
+            np.save(tmp, arrays[s])
+            os.replace(tmp, paths[s])  # atomic: a killed build never leaves a half-written cache
+    return paths
+
+
+def load(path: Path) -> np.ndarray:
+    """A cached array, memory-mapped so only the rows used are read."""
+    return np.load(path, mmap_mode="r")
+
+
+def subset(split: pd.DataFrame, images: np.ndarray, which: str) -> dict:
+    """The images (uint8 [N, S, S]) and labels (int64 [N]) of one split, copied into RAM."""
+    rows = np.flatnonzero(split["split"].to_numpy() == which)
+    return {"images": np.ascontiguousarray(images[rows]), "labels": split["label"].to_numpy()[rows].astype(np.int64)}

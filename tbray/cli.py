@@ -1,0 +1,117 @@
+"""Command-line options -> SearchConfig; user errors become one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tbray.config import SearchConfig, SearchSpace
+from tbray.errors import UserError
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    """'10,20,30' -> (10, 20, 30); every value a positive integer."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    d, s = SearchConfig(), SearchSpace()
+    p = argparse.ArgumentParser(prog="tune/search.py", description=(
+        "Search EfficientNet hyperparameters for TB vs Normal chest X-rays with Ray Tune + Optuna, then "
+        "evaluate the best checkpoint once on the held-out test split."))
+    data = p.add_argument_group("data")
+    data.add_argument("--data", type=Path, help="TB_Chest_Radiography_Database/ (Normal/, Tuberculosis/) or its parent")
+    data.add_argument("--demo", action="store_true", help="use a generated synthetic data set (not medical)")
+    data.add_argument("--split-file", type=Path, help="reuse a split.csv, or a folder of TB-Net style split CSVs")
+    data.add_argument("--min-image-size", type=_positive, default=d.min_image_size, help="skip smaller images (px)")
+    space = p.add_argument_group("search space")
+    space.add_argument("--epochs", type=_ints, default=s.epochs, help="choices, e.g. 10,20,30")
+    space.add_argument("--batch-sizes", type=_ints, default=s.batch_sizes, help="choices, e.g. 16,32,64")
+    space.add_argument("--image-sizes", type=_ints, default=s.image_sizes, help="choices, e.g. 224,256,320")
+    space.add_argument("--lr-range", type=float, nargs=2, default=(s.lr_min, s.lr_max), metavar=("MIN", "MAX"))
+    search = p.add_argument_group("search")
+    search.add_argument("--model", default=d.model, help="any timm EfficientNet, e.g. efficientnet_b0")
+    search.add_argument("--weights", type=Path, help="start from this state dict (loaded with weights_only=True)")
+    search.add_argument("--no-pretrained", action="store_true", help="random initialisation")
+    search.add_argument("--num-samples", type=_positive, default=d.num_samples, help="trials in total")
+    search.add_argument("--max-concurrent", type=_positive, help="default: what the cluster's GPUs allow")
+    search.add_argument("--gpus-per-trial", type=int, help="DDP workers per trial, one GPU each (0: CPU)")
+    search.add_argument("--cpus-per-worker", type=_positive, default=d.cpus_per_worker)
+    search.add_argument("--metric", default=d.metric, choices=["val_auroc", "val_loss", "val_f1", "val_accuracy",
+                                                               "val_sensitivity", "val_specificity"])
+    search.add_argument("--mode", default=None, choices=["max", "min"], help="default: min for val_loss, else max")
+    search.add_argument("--grace-period", type=_positive, default=d.grace_period, help="ASHA: epochs before a stop")
+    search.add_argument("--max-failures", type=int, default=d.max_failures, help="worker restarts per trial")
+    search.add_argument("--target-sensitivity", type=float, default=d.target_sensitivity)
+    search.add_argument("--seed", type=int, default=d.seed)
+    run = p.add_argument_group("run")
+    run.add_argument("--results", type=Path, default=d.results, help="run folders go here")
+    run.add_argument("--name", help="run folder name (default: a timestamp)")
+    run.add_argument("--resume", action="store_true", help="continue the search in --name")
+    run.add_argument("--address", help="Ray cluster address ('auto' on a cluster node); default: start local Ray")
+    run.add_argument("--storage", help="shared storage for checkpoints: s3://bucket/prefix or an NFS path")
+    run.add_argument("--num-cpus", type=_positive, help="local Ray only: CPUs to use")
+    run.add_argument("--fail-at-epoch", type=int, help=argparse.SUPPRESS)  # test hook
+    run.add_argument("--fail-batch-size", type=int, help=argparse.SUPPRESS)
+    return p
+
+
+def to_config(args: argparse.Namespace) -> SearchConfig:
+    """Validated options; a contradiction is a UserError naming the option."""
+    from tbray import runfolder
+
+    if args.data is not None and args.demo:
+        raise UserError("--data and --demo exclude each other")
+    lo, hi = args.lr_range
+    if not 0 < lo <= hi:
+        raise UserError(f"--lr-range needs 0 < MIN <= MAX, got {lo} {hi}")
+    if not 0 < args.target_sensitivity <= 1:
+        raise UserError(f"--target-sensitivity must be in (0, 1], got {args.target_sensitivity}")
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise UserError("--gpus-per-trial must be >= 0")
+    if args.resume and not args.name:
+        raise UserError("--resume needs --name NAME (the run folder under --results)")
+    space = SearchSpace(epochs=args.epochs, batch_sizes=args.batch_sizes, image_sizes=args.image_sizes,
+                        lr_min=lo, lr_max=hi)
+    name = args.name or runfolder.default_name()
+    if "/" in name or name in (".", ".."):
+        raise UserError(f"--name must be a plain folder name, got {name!r}")
+    return SearchConfig(
+        data=args.data, demo=args.demo, split_file=args.split_file, results=args.results, name=name, seed=args.seed,
+        model=args.model, weights=args.weights, pretrained=not args.no_pretrained, space=space,
+        num_samples=args.num_samples, max_concurrent=args.max_concurrent, gpus_per_trial=args.gpus_per_trial,
+        cpus_per_worker=args.cpus_per_worker, metric=args.metric,
+        mode=args.mode or ("min" if args.metric == "val_loss" else "max"), grace_period=args.grace_period,
+        max_failures=args.max_failures, target_sensitivity=args.target_sensitivity,
+        min_image_size=args.min_image_size, address=args.address, storage=args.storage, resume=args.resume,
+        num_cpus=args.num_cpus, fail_at_epoch=args.fail_at_epoch, fail_batch_size=args.fail_batch_size,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, run, and turn user errors into one line on stderr with exit code 2."""
+    args = parser().parse_args(argv)
+    try:
+        cfg = to_config(args)
+        from tbray import runfolder, search  # heavy imports after the options are known to be sane
+
+        if cfg.resume:
+            cfg = runfolder.for_resume(cfg)
+        return search.run(cfg)
+    except UserError as exc:
+        print(f"tbray: error: {exc}", file=sys.stderr)
+        return 2

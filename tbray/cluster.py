@@ -1,0 +1,89 @@
+"""Joining Ray, and checking that what a trial asks for exists before any trial starts.
+
+Ray Train V2 retries starting a worker group forever when the cluster can't hold it, so a search that
+asks for GPUs a cluster can never have would wait silently. We compare first and refuse in one line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from tbray.config import SearchConfig
+from tbray.errors import UserError
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How trials map onto the cluster."""
+
+    workers_per_trial: int
+    use_gpu: bool
+    max_concurrent: int
+    cluster_gpus: float
+    cluster_cpus: float
+    nodes: int
+
+    def describe(self) -> str:
+        kind = f"{self.workers_per_trial} GPU worker(s)" if self.use_gpu else f"{self.workers_per_trial} CPU worker"
+        return (f"each trial: {kind}; up to {self.max_concurrent} trial(s) at once on {self.nodes} node(s) "
+                f"with {self.cluster_cpus:g} CPU(s), {self.cluster_gpus:g} GPU(s)")
+
+
+def connect(cfg: SearchConfig) -> dict:
+    """Join the cluster at --address (or RAY_ADDRESS), else start a local Ray with its dashboard."""
+    # The dashboard's Train tab needs this before Ray starts; the dashboard itself is never turned
+    # off, since Train V2's placement-group cleanup relies on the state API it serves.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
+    if ray.is_initialized():
+        context = None
+    elif cfg.address or os.environ.get("RAY_ADDRESS"):
+        try:
+            context = ray.init(address=cfg.address or os.environ["RAY_ADDRESS"], log_to_driver=True)
+        except ConnectionError as exc:
+            raise UserError(f"cannot reach the Ray cluster at {cfg.address or os.environ['RAY_ADDRESS']}: {exc}")
+    else:
+        context = ray.init(num_cpus=cfg.num_cpus)
+    url = getattr(context, "dashboard_url", None)
+    if url:
+        token = Path.home() / ".ray" / "auth_token"
+        hint = f"; it asks for the token in {token}" if token.exists() else ""
+        print(f"tbray: Ray dashboard at http://{url}{hint}")
+    return {"resources": ray.cluster_resources(), "nodes": len([n for n in ray.nodes() if n["Alive"]]),
+            "max_resources": _autoscaling_limits()}
+
+
+def _autoscaling_limits() -> dict | None:
+    """What the autoscaler could add (from the cluster config), or None for a fixed cluster."""
+    try:
+        from ray._private.state import state
+
+        return state.get_max_resources_from_cluster_config()
+    except Exception:  # private API; a fixed-size view is the safe fallback
+        return None
+
+
+def plan(cfg: SearchConfig, info: dict) -> Plan:
+    """Workers per trial and concurrency from GPU arithmetic; refuse what can never be scheduled."""
+    have, most = info["resources"], info.get("max_resources") or {}
+    gpus, cpus = float(have.get("GPU", 0)), float(have.get("CPU", 0))
+    reachable_gpus = max(gpus, float(most.get("GPU", 0)))
+    wanted = cfg.gpus_per_trial if cfg.gpus_per_trial is not None else (1 if reachable_gpus else 0)
+    if wanted > reachable_gpus:
+        raise UserError(f"a trial asks for {wanted} GPU(s) but the cluster has {gpus:g} and can scale to "
+                        f"{reachable_gpus:g}; use --gpus-per-trial {int(reachable_gpus)} or a cluster with GPUs")
+    reachable_cpus = max(cpus, float(most.get("CPU", 0)))
+    if cfg.cpus_per_worker > reachable_cpus:
+        raise UserError(f"a worker asks for {cfg.cpus_per_worker} CPU(s) but the cluster offers {reachable_cpus:g} "
+                        f"to trials; lower --cpus-per-worker")
+    if info["nodes"] > 1 and not cfg.storage:
+        raise UserError(f"the cluster has {info['nodes']} nodes but no shared storage: pass --storage "
+                        f"s3://bucket/prefix (or an NFS path mounted on every node) so checkpoints reach the driver")
+    workers = wanted or 1
+    per_trial = wanted if wanted else cfg.cpus_per_worker
+    capacity = reachable_gpus if wanted else reachable_cpus
+    concurrent = cfg.max_concurrent or max(1, int(capacity // per_trial))
+    return Plan(workers, wanted > 0, concurrent, gpus, cpus, info["nodes"])

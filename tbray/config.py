@@ -1,0 +1,91 @@
+"""Typed configuration: the search space, the fixed training settings and the search itself."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ray import tune
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What Optuna may choose per trial; each list can be overridden on the command line."""
+
+    epochs: tuple[int, ...] = (10, 20, 30)  # ASHA cuts weak trials early, so long schedules stay affordable
+    batch_sizes: tuple[int, ...] = (16, 32, 64)  # per trial, split across its workers
+    image_sizes: tuple[int, ...] = (224, 256, 320)  # square; the data set is 512x512
+    lr_min: float = 1e-4  # AdamW fine-tuning range for an ImageNet backbone
+    lr_max: float = 3e-3
+    weight_decay_min: float = 1e-5  # decoupled weight decay (AdamW), log-uniform
+    weight_decay_max: float = 1e-1
+
+    def param_space(self) -> dict:
+        """The Tune search space that OptunaSearch converts to Optuna distributions."""
+        return {
+            "epochs": tune.choice(list(self.epochs)),
+            "batch_size": tune.choice(list(self.batch_sizes)),
+            "image_size": tune.choice(list(self.image_sizes)),
+            "lr": tune.loguniform(self.lr_min, self.lr_max),
+            "weight_decay": tune.loguniform(self.weight_decay_min, self.weight_decay_max),
+        }
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Fixed for every trial of a search: how one trial trains, whatever Optuna picked."""
+
+    model: str = "tf_efficientnet_lite0"  # timm name; the only EfficientNet with weights bundled offline
+    mean: tuple[float, ...] = (0.5,)  # filled from the model's pretrained_cfg, never by hand
+    std: tuple[float, ...] = (0.5,)
+    num_workers: int = 1  # Ray Train workers per trial (= GPUs per trial, or 1 CPU worker)
+    use_gpu: bool = False
+    cpus_per_worker: int = 1  # data sits decoded in memory, so workers need few CPUs
+    warmup_epochs: float = 1.0  # linear warm-up before the cosine decay
+    eval_batch_size: int = 128  # validation has no gradients, so it takes bigger batches
+    seed: int = 0
+    fail_at_epoch: int | None = None  # test hook: raise in this epoch when batch_size == fail_batch_size
+    fail_batch_size: int | None = None
+
+
+@dataclass
+class SearchConfig:
+    """Everything `python tune/search.py` can be told; one run folder per `name`."""
+
+    data: Path | None = None  # dataset root (Normal/, Tuberculosis/) or its parent
+    demo: bool = False  # generate and use the synthetic demo set instead
+    split_file: Path | None = None  # reuse a split.csv, or a TB-Net style folder of split CSVs
+    results: Path = Path("results")  # run folders live here
+    name: str | None = None  # run folder name; default: a timestamp
+    seed: int = 0  # split, Optuna's sampler and training
+    model: str = "tf_efficientnet_lite0"
+    weights: Path | None = None  # a state dict to start from, before timm's and the bundled weights
+    pretrained: bool = True
+    space: SearchSpace = field(default_factory=SearchSpace)
+    num_samples: int = 16  # trials Optuna proposes in total
+    max_concurrent: int | None = None  # default: cluster GPUs // GPUs per trial (CPUs without GPUs)
+    gpus_per_trial: int | None = None  # default: 1 when the cluster has GPUs, else 0 (CPU)
+    cpus_per_worker: int = 1
+    metric: str = "val_auroc"
+    mode: str = "max"
+    grace_period: int = 3  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int = 3  # ASHA: keep the best 1/3 at each rung
+    max_failures: int = 2  # Ray Train worker restarts per trial, from its latest checkpoint
+    target_sensitivity: float = 0.90  # WHO triage target; picks the threshold on validation
+    min_image_size: int = 64  # smaller files can't be chest X-rays; skipped
+    address: str | None = None  # Ray cluster to join; default starts a local Ray
+    storage: str | None = None  # shared storage (s3://, gs://, NFS path) for multi-node runs
+    resume: bool = False
+    num_cpus: int | None = None  # local Ray only: CPUs to offer (default: all)
+    fail_at_epoch: int | None = None  # test hook, see TrainSettings
+    fail_batch_size: int | None = None
+
+    def to_json(self) -> dict:
+        """A JSON-able copy for report.json and the resume check."""
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, Path):
+                out[key] = str(value)
+        out["space"] = {k: list(v) if isinstance(v, tuple) else v for k, v in out["space"].items()}
+        return out

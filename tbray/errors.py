@@ -1,0 +1,5 @@
+"""The one exception type that means "the user asked for something we can't do"."""
+
+
+class UserError(Exception):
+    """A problem the user can fix; the CLI prints its one-line message and exits 2."""

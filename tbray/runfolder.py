@@ -1,0 +1,163 @@
+"""The run folder `results/<name>/`: where a search's data decisions, state and outputs live.
+
+Everything a person needs to judge or reuse a run is in this one folder: split.csv, skipped.csv,
+search.json (the options), the Optuna study, Ray Tune's experiment, trials.csv and the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from tbray import data, demo, duplicates, external_split
+from tbray.config import SearchConfig, SearchSpace
+from tbray.errors import UserError
+
+
+@dataclass
+class Prepared:
+    """The data a search trains and tests on, as fixed in split.csv."""
+
+    root: Path
+    split: pd.DataFrame  # path, label, split, sha256, phash
+    skipped: pd.DataFrame  # path, reason
+    ignored: list[str]
+    cross_split_duplicates: pd.DataFrame
+
+    def summary(self) -> dict:
+        """Counts per split and class, skipped and ignored files, duplicates: for the report."""
+        counts = self.split.groupby(["split", "label"]).size()
+        return {
+            "data_root": str(self.root),
+            "counts": {f"{s}_{'tb' if y else 'normal'}": int(n) for (s, y), n in counts.items()},
+            "skipped": int(len(self.skipped)),
+            "skipped_files": self.skipped.to_dict("records"),
+            "ignored": self.ignored,
+            "duplicates": duplicates.summary(self.cross_split_duplicates),
+        }
+
+
+def default_name() -> str:
+    """A sortable, unique-enough run name."""
+    return time.strftime("tb-%Y%m%d-%H%M%S")
+
+
+def path(cfg: SearchConfig) -> Path:
+    return Path(cfg.results) / cfg.name
+
+
+def cache_dir(cfg: SearchConfig) -> Path:
+    return Path(cfg.results) / ".cache"
+
+
+def study_path(cfg: SearchConfig) -> Path:
+    return path(cfg).resolve() / "optuna.db"
+
+
+def storage_root(cfg: SearchConfig) -> str:
+    """Where Tune and Train write: shared storage when given, else the run folder itself."""
+    return f"{cfg.storage.rstrip('/')}/{cfg.name}" if cfg.storage else str(path(cfg).resolve())
+
+
+def resume_command(cfg: SearchConfig) -> str:
+    """What to type to continue this search."""
+    extra = f" --address {shlex.quote(cfg.address)}" if cfg.address else ""
+    return f"python tune/search.py --resume --name {shlex.quote(cfg.name)} --results {shlex.quote(str(cfg.results))}{extra}"
+
+
+def load_config(run_dir: Path) -> SearchConfig:
+    """The options a search was started with (search.json)."""
+    saved = json.loads((run_dir / "search.json").read_text())
+    saved["space"] = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["space"].items()})
+    for key in ("data", "split_file", "results", "weights"):
+        saved[key] = Path(saved[key]) if saved[key] is not None else None
+    names = {f.name for f in dataclasses.fields(SearchConfig)}
+    return SearchConfig(**{k: v for k, v in saved.items() if k in names})
+
+
+def for_resume(cfg: SearchConfig) -> SearchConfig:
+    """The saved options, with what may change between sessions (cluster address, data path) from now."""
+    run_dir = path(cfg)
+    if not (run_dir / "search.json").exists():
+        raise UserError(f"{run_dir}: no search to resume there (no search.json)")
+    saved = load_config(run_dir)
+    return dataclasses.replace(saved, resume=True, results=cfg.results, address=cfg.address,
+                               num_cpus=cfg.num_cpus, data=cfg.data or saved.data)
+
+
+def data_root(cfg: SearchConfig) -> Path:
+    """The folder to read: the user's, or the synthetic demo set generated on first use."""
+    if cfg.demo:
+        return demo.make(Path(cfg.results) / "demo-data", seed=0)
+    if cfg.data is None:
+        raise UserError("no data: pass --data PATH (the folder with Normal/ and Tuberculosis/) or --demo")
+    return Path(cfg.data)
+
+
+def choose_split(cfg: SearchConfig, found: data.Discovery) -> pd.DataFrame:
+    """The saved split on resume, a given split file, or a new stratified split."""
+    saved = path(cfg) / "split.csv"
+    if cfg.resume:
+        split = data.read_split(saved, found.files)
+        if len(split) != len(found.files):
+            raise UserError(f"{cfg.data}: the data set changed since this search started "
+                            f"({len(found.files)} usable files now, {len(split)} in {saved}); resume refused")
+        return split
+    if cfg.split_file is not None:
+        if external_split.is_external_split(Path(cfg.split_file)):
+            return _external(Path(cfg.split_file), found)
+        return data.read_split(Path(cfg.split_file), found.files)
+    return data.make_split(found.files, cfg.seed)
+
+
+def _external(split_file: Path, found: data.Discovery) -> pd.DataFrame:
+    """A peer's published split (TB-Net style CSVs) matched to our files by name."""
+    try:
+        matched, missing, unused = external_split.match(external_split.read(split_file), found.files)
+    except ValueError as exc:
+        raise UserError(str(exc))
+    if missing:
+        print(f"tbray: WARNING {len(missing)} file(s) named in {split_file} are missing on disk, "
+              f"e.g. {', '.join(missing[:5])}")
+    print(f"tbray: external split {split_file}: {len(matched)} files matched, {unused} on disk not used")
+    return matched.merge(found.files[["path", "sha256", "phash"]], on="path", how="left", suffixes=("", "_found"))
+
+
+def prepare(cfg: SearchConfig) -> Prepared:
+    """Check the data, fix the split, and write the run folder's data files and options."""
+    run_dir = path(cfg)
+    if not cfg.resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"{run_dir}: run folder exists; pass --resume to continue it, or another --name")
+    found = data.discover(data_root(cfg), min_side=cfg.min_image_size)
+    split = choose_split(cfg, found)
+    pairs = duplicates.cross_split_duplicates(split[["path", "split", "sha256", "phash"]])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        data.write_split(split, run_dir / "split.csv")
+        (run_dir / "search.json").write_text(json.dumps(cfg.to_json(), indent=2))
+    found.skipped.to_csv(run_dir / "skipped.csv", index=False)
+    prepared = Prepared(found.root, split, found.skipped, found.ignored, pairs)
+    _announce(prepared)
+    return prepared
+
+
+def _announce(p: Prepared) -> None:
+    """Tell the user what was found, skipped, ignored and duplicated: nothing is dropped silently."""
+    counts = p.split.groupby(["split", "label"]).size().unstack(fill_value=0)
+    print(f"tbray: data {p.root}: " + ", ".join(
+        f"{s} {counts.loc[s, 0]} Normal + {counts.loc[s, 1]} TB" for s in ("train", "val", "test") if s in counts.index))
+    if len(p.skipped):
+        print(f"tbray: skipped {len(p.skipped)} file(s) (listed in skipped.csv):")
+        for row in p.skipped.head(20).itertuples():
+            print(f"  {row.path}: {row.reason}")
+    if p.ignored:
+        print(f"tbray: ignored entries beside the class folders: {', '.join(p.ignored)}")
+    if len(p.cross_split_duplicates):
+        print(f"tbray: WARNING {len(p.cross_split_duplicates)} duplicate pair(s) across splits (leakage); "
+              f"listed in the report")

@@ -1,0 +1,125 @@
+"""The one wiring place: Ray Tune + Optuna + ASHA over trials that each run a Ray Train TorchTrainer.
+
+    run(config)
+      prepare the run folder: data found and checked, split.csv, skipped.csv
+      connect to Ray, check the cluster can hold a trial, decode the images once
+      Tuner(trial, OptunaSearch, ASHAScheduler).fit()      (or .restore() with --resume)
+      trials.csv, the best checkpoint evaluated once on the test split, the report
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import ray
+from ray import train, tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from tbray import cache, cluster, evaluate, report, runfolder, trials
+from tbray import model as tbmodel
+from tbray.config import SearchConfig, TrainSettings
+from tbray.errors import UserError
+
+
+def trial(config: dict, settings: TrainSettings, data_refs: dict, weights_ref, storage: str, metric: str, mode: str,
+          max_failures: int) -> None:
+    """One Tune trial: a Ray Train run named by the trial id, so a restarted trial resumes it."""
+    from tbray.train import worker_loop  # imported on the trial's node, where torch is needed
+
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={**config, "settings": settings, "data": data_refs[config["image_size"]],
+                           "weights": weights_ref},
+        scaling_config=train.ScalingConfig(
+            num_workers=settings.num_workers, use_gpu=settings.use_gpu,
+            resources_per_worker={"CPU": settings.cpus_per_worker, **({"GPU": 1} if settings.use_gpu else {})},
+        ),
+        run_config=train.RunConfig(
+            name=f"train-{tune.get_context().get_trial_id()}",
+            storage_path=storage,
+            callbacks=[TuneReportCallback()],
+            failure_config=train.FailureConfig(max_failures=max_failures),
+            # The best epoch by the search metric is kept for the final test; the latest always is.
+            checkpoint_config=train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
+                                                     checkpoint_score_order=mode),
+        ),
+    )
+    trainer.fit()
+
+
+def make_tuner(cfg: SearchConfig, trainable, storage: str, max_concurrent: int) -> tune.Tuner:
+    """Optuna's TPE proposes, ASHA stops weak trials at epoch rungs, the study lives in SQLite."""
+    study = optuna.storages.RDBStorage(f"sqlite:///{runfolder.study_path(cfg)}")
+    searcher = OptunaSearch(metric=cfg.metric, mode=cfg.mode, storage=study, study_name="tbray", seed=cfg.seed)
+    max_t = max(cfg.space.epochs)
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(cfg.grace_period, max_t),
+                              reduction_factor=cfg.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        param_space=cfg.space.param_space(),
+        tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, search_alg=searcher, scheduler=scheduler,
+                                    num_samples=cfg.num_samples, max_concurrent_trials=max_concurrent),
+        run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=1),
+    )
+
+
+def run(cfg: SearchConfig) -> int:
+    """The whole search; returns the process exit code."""
+    run_dir = runfolder.path(cfg)
+    if cfg.resume and (run_dir / "report.json").exists():
+        print(report.summary_table(json.loads((run_dir / "report.json").read_text())))
+        print(f"(search {cfg.name!r} had already finished; nothing to resume)")
+        return 0
+    tbmodel.check_name(cfg.model)
+    prepared = runfolder.prepare(cfg)  # data checked, split fixed, run folder written
+
+    info = cluster.connect(cfg)
+    plan = cluster.plan(cfg, info)
+    stats = tbmodel.input_stats(cfg.model)
+    settings = TrainSettings(
+        model=cfg.model, mean=tuple(stats["mean"]), std=tuple(stats["std"]),
+        num_workers=plan.workers_per_trial, use_gpu=plan.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
+        seed=cfg.seed, fail_at_epoch=cfg.fail_at_epoch, fail_batch_size=cfg.fail_batch_size,
+    )
+
+    # Decode once: one uint8 array per image size, shared with every trial through the object store.
+    arrays = cache.build(prepared.root, prepared.split, list(cfg.space.image_sizes), runfolder.cache_dir(cfg))
+    data_refs = {size: ray.put({part: cache.subset(prepared.split, cache.load(p), part) for part in ("train", "val")})
+                 for size, p in arrays.items()}
+    state, source = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)
+    print(f"tbray: weights from {source}; {plan.describe()}")
+    weights_ref = ray.put(state) if state is not None else None
+
+    storage = runfolder.storage_root(cfg)
+    trainable = tune.with_resources(
+        tune.with_parameters(trial, settings=settings, data_refs=data_refs, weights_ref=weights_ref,
+                             storage=f"{storage}/train", metric=cfg.metric, mode=cfg.mode,
+                             max_failures=cfg.max_failures),
+        # The trial only drives its Train run, so it takes no CPU from the workers; Tune can't place an
+        # actor that asks for nothing, so it asks for a token 1 MiB of memory instead.
+        {"CPU": 0, "memory": 2**20},
+    )
+    tune_path = f"{storage}/tune"
+    if cfg.resume and tune.Tuner.can_restore(tune_path):
+        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = make_tuner(cfg, trainable, storage, plan.max_concurrent)
+    grid = tuner.fit()
+
+    table, history = trials.collect(grid, cfg)
+    trials.write(run_dir, table, history)
+    if trials.interrupted(grid, cfg):
+        print(f"tbray: search interrupted; continue with: {runfolder.resume_command(cfg)}")
+        return 130
+    best = trials.best(table, history, cfg)
+    if best is None:
+        first = table["error"].dropna()
+        raise UserError(f"every trial failed; first error: {first.iloc[0] if len(first) else 'unknown'}")
+    result = evaluate.run(cfg, prepared, arrays, best, plan, table, history)
+    print(report.summary_table(result))
+    return 0

@@ -1,0 +1,172 @@
+"""The per-worker training loop: runs inside each Ray Train worker of one trial.
+
+Reads top to bottom: data, model, optimiser, resume, then epochs of train -> validate -> report.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from tbray import augment, metrics
+from tbray import model as tbmodel
+from tbray.config import TrainSettings
+
+CHECKPOINT_FILE = "model.pt"
+
+
+class ArrayDataset(Dataset):
+    """uint8 images and labels already in memory; batches come out as one slice, not N items."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])
+
+    def __getitems__(self, idx: list[int]):
+        idx = np.sort(np.asarray(idx))  # sorted reads are kinder to a memory-mapped array
+        return torch.from_numpy(self.images[idx].copy()), torch.from_numpy(self.labels[idx].copy())
+
+
+def _collate(batch):
+    """The dataset already returns a whole batch."""
+    return batch
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Linear warm-up then cosine decay to zero over the trial's own epoch count."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def loaders(data: dict, batch_size: int, eval_batch_size: int, seed: int) -> tuple:
+    """Training loader (sharded by Ray across workers) and the full validation loader."""
+    world = ray.train.get_context().get_world_size()
+    per_worker = max(1, batch_size // world)  # batch_size is the trial's global batch
+    train = DataLoader(ArrayDataset(**data["train"]), batch_size=per_worker, shuffle=True, drop_last=True,
+                       collate_fn=_collate, generator=torch.Generator().manual_seed(seed))
+    train = ray.train.torch.prepare_data_loader(train)
+    # Every worker scores the whole (small) validation set, so all ranks report identical metrics
+    # without padding duplicates that a DistributedSampler would add.
+    val = DataLoader(ArrayDataset(**data["val"]), batch_size=eval_batch_size, collate_fn=_collate)
+    return train, val
+
+
+def save_checkpoint(directory: Path, payload: dict) -> Path:
+    """Write then rename, so a kill mid-write never leaves a truncated file that a resume would load."""
+    path = Path(directory) / CHECKPOINT_FILE
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(directory: Path) -> dict:
+    """A checkpoint written by `save_checkpoint`; never runs pickled code."""
+    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader, device, mean: float, std: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """P(TB) for every image, the labels, and the mean unweighted loss."""
+    model.eval()
+    scores, labels, loss_sum = [], [], 0.0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(augment.prepare(x, mean, std, train=False)).float().squeeze(1)
+        loss_sum += F.binary_cross_entropy_with_logits(logits, y.float(), reduction="sum").item()
+        scores.append(torch.sigmoid(logits).cpu())
+        labels.append(y.cpu())
+    return torch.cat(scores).numpy(), torch.cat(labels).numpy(), loss_sum / max(1, sum(len(s) for s in scores))
+
+
+def worker_loop(config: dict) -> None:
+    """One trial's training on one Ray Train worker."""
+    s: TrainSettings = config["settings"]
+    epochs, lr, batch_size = config["epochs"], config["lr"], config["batch_size"]
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(s.seed + rank)
+    device = ray.train.torch.get_device()
+    mean, std = float(np.mean(s.mean)), float(np.mean(s.std))
+
+    # Data: decoded once on the driver, one shared copy per node in the object store.
+    data = ray.get(config["data"])
+    train_loader, val_loader = loaders(data, batch_size, s.eval_batch_size, s.seed)
+    labels = data["train"]["labels"]
+    # Weighted loss for the ~5:1 Normal:TB imbalance, so a constant "Normal" answer isn't a minimum.
+    pos_weight = torch.tensor((labels == 0).sum() / max(1, (labels == 1).sum()), device=device)
+
+    # Model and optimiser; pretrained weights come resolved from the driver, never downloaded here.
+    weights = ray.get(config["weights"]) if config.get("weights") is not None else None
+    model = tbmodel.create(s.model, weights).to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config["weight_decay"])
+
+    # Resume: after a worker failure or an interrupted search, carry on from the latest checkpoint.
+    start_epoch = 0
+    if checkpoint := ray.train.get_checkpoint():
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(directory)
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = state["epoch"]
+
+    steps_per_epoch = len(train_loader)
+    total_steps, warmup_steps = epochs * steps_per_epoch, max(1, int(s.warmup_epochs * steps_per_epoch))
+    for epoch in range(start_epoch, epochs):
+        if s.fail_batch_size == batch_size and s.fail_at_epoch == epoch + 1:
+            raise RuntimeError(f"injected failure (test hook) at epoch {epoch + 1}, batch size {batch_size}")
+        if ray.train.get_context().get_world_size() > 1:
+            train_loader.sampler.set_epoch(epoch)  # DistributedSampler reshuffles only when told
+
+        # Train one epoch; the loss stays on the device so no step waits for the host.
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        for i, (x, y) in enumerate(train_loader):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(epoch * steps_per_epoch + i, total_steps, warmup_steps, lr)
+            x = augment.prepare(x.to(device, non_blocking=True), mean, std, train=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(x).float().squeeze(1)
+            loss = F.binary_cross_entropy_with_logits(logits, y.to(device).float(), pos_weight=pos_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+
+        # Validate and report; rank 0 alone writes the checkpoint, all ranks report the same metrics.
+        scores, val_labels, val_loss = predict(model, val_loader, device, mean, std)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(1, steps_per_epoch), "val_loss": val_loss,
+               **{f"val_{k}": v for k, v in metrics.epoch_metrics(val_labels, scores).items()}}
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint = None
+            if rank == 0:
+                save_checkpoint(directory, {
+                    "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                    "model_name": s.model, "image_size": int(data["val"]["images"].shape[-1]),
+                    "mean": mean, "std": std, "params": {k: config[k] for k in ("epochs", "batch_size", "lr", "weight_decay")},
+                })
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report(row, checkpoint=checkpoint)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside DistributedDataParallel, whose state dict loads anywhere."""
+    return model.module if hasattr(model, "module") else model
