@@ -83,8 +83,7 @@ def run(cfg: SearchConfig, prepared: runfolder.Prepared, arrays: dict, best: dic
 def save_model(path: Path, state: dict, best: dict, evaluation: dict) -> None:
     """The best model as one loadable file, with the threshold every later prediction must use."""
     payload = {k: state[k] for k in ("model", "model_name", "image_size", "mean", "std", "params")}
-    payload |= {"threshold": float(evaluation["threshold"]["value"]) if isinstance(evaluation.get("threshold"), dict)
-                else float(evaluation["threshold"]), "trial_id": best["trial_id"], "epoch": best["epoch"]}
+    payload |= {"threshold": float(evaluation["threshold"]), "trial_id": best["trial_id"], "epoch": best["epoch"]}
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)

@@ -1,0 +1,30 @@
+# Two commands for a fresh machine: `make demo` (a small real search end to end) and `make test`.
+# Both create .venv when missing and install the project into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tbray-installed
+DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: demo test bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[test]'
+	touch $(STAMP)
+
+# A small real search on the synthetic demo set: tf_efficientnet_lite0 with its bundled ImageNet
+# weights, small images, 4 trials, CPU only; about 5 minutes on 2 cores.
+demo: $(STAMP)
+	$(PY) tune/search.py --demo --name $(DEMO_NAME) --epochs 3,4 --batch-sizes 16,32 --image-sizes 64,96 \
+		--lr-range 3e-4 3e-3 --num-samples 4 --grace-period 2 --gpus-per-trial 0
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) tune/bench.py --demo
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,39 @@
+"""Shared fixtures: one local Ray for the whole session, tiny data sets, and running the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--model", "test_efficientnet", "--no-pretrained", "--epochs", "2", "--batch-sizes", "16",
+        "--image-sizes", "32", "--min-image-size", "32", "--gpus-per-trial", "0"]
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """A local Ray with its dashboard, started once; CLI runs join it with --address."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
+    context = ray.init(num_cpus=2, include_dashboard=True)
+    yield context.address_info["gcs_address"]
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """72 synthetic 64 px images (60 Normal, 12 TB): enough for a stratified 70/20/10 split."""
+    from tbray import demo
+
+    return demo.make(tmp_path_factory.mktemp("tiny") / "TB_Chest_Radiography_Database", n_images=72, size=64)
+
+
+def run_cli(*args, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python tune/search.py ARGS` as a user runs it; output captured."""
+    return subprocess.run([sys.executable, str(REPO / "tune" / "search.py"), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
