@@ -79,7 +79,8 @@ def plan(cfg: SearchConfig, info: dict) -> Plan:
     if cfg.cpus_per_worker > reachable_cpus:
         raise UserError(f"a worker asks for {cfg.cpus_per_worker} CPU(s) but the cluster offers {reachable_cpus:g} "
                         f"to trials; lower --cpus-per-worker")
-    if info["nodes"] > 1 and not cfg.storage:
+    # An autoscaling cluster may have only its head up now; its trials will still land on other nodes.
+    if (info["nodes"] > 1 or info.get("max_resources")) and not cfg.storage:
         raise UserError(f"the cluster has {info['nodes']} nodes but no shared storage: pass --storage "
                         f"s3://bucket/prefix (or an NFS path mounted on every node) so checkpoints reach the driver")
     workers = wanted or 1
