@@ -10,8 +10,8 @@ DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
 # A small real search on the synthetic demo set: tf_efficientnet_lite0 with its bundled ImageNet

@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from tbray import runfolder
 from tbray.config import SearchConfig, SearchSpace
-from tbray.errors import UserError
+from tbray.errors import SearchFailed, UserError
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -72,8 +73,6 @@ def parser() -> argparse.ArgumentParser:
 
 def to_config(args: argparse.Namespace) -> SearchConfig:
     """Validated options; a contradiction is a UserError naming the option."""
-    from tbray import runfolder
-
     if args.data is not None and args.demo:
         raise UserError("--data and --demo exclude each other")
     lo, hi = args.lr_range
@@ -105,9 +104,10 @@ def to_config(args: argparse.Namespace) -> SearchConfig:
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, and turn user errors into one line on stderr with exit code 2."""
     args = parser().parse_args(argv)
+    cfg = None
     try:
         cfg = to_config(args)
-        from tbray import runfolder, search  # heavy imports after the options are known to be sane
+        from tbray import search  # Ray and torch load only once the options are known to be sane
 
         if cfg.resume:
             cfg = runfolder.for_resume(cfg)
@@ -115,3 +115,21 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"tbray: error: {exc}", file=sys.stderr)
         return 2
+    except SearchFailed as exc:
+        print(f"tbray: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        hint = f"; continue with: {runfolder.resume_command(cfg)}" if cfg else ""
+        print(f"tbray: interrupted{hint}", file=sys.stderr)
+        return 130
+    finally:
+        _disconnect()
+
+
+def _disconnect() -> None:
+    """Leave Ray cleanly: a local Ray stops, a cluster keeps running without this driver."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()

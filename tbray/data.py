@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,12 +67,16 @@ def to_gray8(image: Image.Image) -> np.ndarray:
 
 def load_gray(path: Path) -> np.ndarray:
     """Decode one image fully (a truncated file fails here, not mid-training) as uint8 grayscale."""
-    with warnings.catch_warnings():
-        # Pillow only warns between its limit and twice it; treat every bomb the same way.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
-            image.load()
-            return to_gray8(image)
+    with Image.open(path) as image:
+        # Pillow raises above twice its limit but only warns between; refuse every bomb the same way.
+        # Checked here, not with a warnings filter: catch_warnings is process-wide and not thread-safe,
+        # and discover() and cache.build() decode in threads.
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and image.width * image.height > limit:
+            raise Image.DecompressionBombError(
+                f"{image.width}x{image.height} = {image.width * image.height} pixels exceeds the limit of {limit}")
+        image.load()
+        return to_gray8(image)
 
 
 def resize(gray: np.ndarray, size: int) -> np.ndarray:
@@ -93,7 +96,7 @@ def _check_file(path: Path, min_side: int) -> tuple[str, str] | str:
         return "empty file (0 bytes)"
     try:
         gray = load_gray(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # the warning if run with -W error
         return f"larger than Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels"
     except UnidentifiedImageError:
         return "not an image Pillow can identify"
@@ -165,7 +168,7 @@ def read_split(csv: Path, files: pd.DataFrame) -> pd.DataFrame:
     """Apply a saved split.csv to the files found now; a changed or missing file is refused."""
     try:
         saved = pd.read_csv(csv, dtype={"path": str, "sha256": str})
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"{csv}: unreadable split file ({exc})")
     if missing := set(SPLIT_COLUMNS) - set(saved.columns):
         raise UserError(f"{csv}: not a split file, missing column(s) {', '.join(sorted(missing))}")

@@ -7,6 +7,7 @@ driver (`pretrained_state`) and handed to every trial, so no worker downloads or
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import timm
@@ -45,7 +46,8 @@ def load_backbone(model: torch.nn.Module, state: dict) -> None:
     if missing:
         raise UserError(
             f"pretrained weights don't fit {model.default_cfg['architecture']}: "
-            f"{len(missing)} tensors missing or of another shape, first {missing[0]!r}"
+            f"{len(missing)} tensors missing or of another shape, first {missing[0]!r}; "
+            f"pass --weights saved from this --model, or --no-pretrained"
         )
     model.load_state_dict(usable, strict=False)
 
@@ -89,13 +91,44 @@ def _from_file(path: Path) -> dict:
 
 
 def _from_timm(name: str) -> dict | None:
-    """timm's own weights when its hub or cache has them; None when offline (quickly, no retries)."""
+    """timm's own weights from the Hugging Face cache, or downloaded when the hub is reachable; else None."""
     if os.environ.get("TBRAY_OFFLINE") == "1":
         return None
-    try:
-        return timm.create_model(name, pretrained=True).state_dict()
-    except Exception:  # offline, no cache, or no weights published for this name
+    cfg = timm.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg else None
+    if not hub_id:
         return None
+    cached = _hub_cache_file(hub_id)
+    if cached is None and not _reachable("huggingface.co"):
+        return None  # without this check the hub client retries for about a minute per file
+    try:
+        overlay = {"file": cached} if cached else None
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay).state_dict()
+    except Exception:  # no weights published for this name, or the download broke off
+        return None
+
+
+def _hub_cache_file(hub_id: str) -> str | None:
+    """A weights file for `hub_id` already in the Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = hub_id.split(":")[0]
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether the hub answers at all (a proxy, if configured, is left to the hub client)."""
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return True
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _from_bundled_lite0(name: str) -> dict:

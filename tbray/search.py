@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import optuna
@@ -23,18 +24,19 @@ from ray.tune.search.optuna import OptunaSearch
 from tbray import cache, cluster, evaluate, report, runfolder, trials
 from tbray import model as tbmodel
 from tbray.config import SearchConfig, TrainSettings
-from tbray.errors import UserError
+from tbray.errors import SearchFailed, UserError
 
 
-def trial(config: dict, settings: TrainSettings, data_refs: dict, weights_ref, storage: str, metric: str, mode: str,
+def trial(config: dict, settings: TrainSettings, refs: dict, storage: str, metric: str, mode: str,
           max_failures: int) -> None:
     """One Tune trial: a Ray Train run named by the trial id, so a restarted trial resumes it."""
     from tbray.train import worker_loop  # imported on the trial's node, where torch is needed
 
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={**config, "settings": settings, "data": data_refs[config["image_size"]],
-                           "weights": weights_ref},
+        # Object refs, not arrays: each worker reads the node's one shared copy.
+        train_loop_config={**config, "settings": settings, "data": refs["data"][config["image_size"]],
+                           "weights": refs["weights"], "trial_start": time.time()},
         scaling_config=train.ScalingConfig(
             num_workers=settings.num_workers, use_gpu=settings.use_gpu,
             resources_per_worker={"CPU": settings.cpus_per_worker, **({"GPU": 1} if settings.use_gpu else {})},
@@ -97,7 +99,8 @@ def run(cfg: SearchConfig) -> int:
 
     storage = runfolder.storage_root(cfg)
     trainable = tune.with_resources(
-        tune.with_parameters(trial, settings=settings, data_refs=data_refs, weights_ref=weights_ref,
+        # Refs travel inside a dict: with_parameters would resolve a bare ref into every trial's config.
+        tune.with_parameters(trial, settings=settings, refs={"data": data_refs, "weights": weights_ref},
                              storage=f"{storage}/train", metric=cfg.metric, mode=cfg.mode,
                              max_failures=cfg.max_failures),
         # The trial only drives its Train run, so it takes no CPU from the workers; Tune can't place an
@@ -118,8 +121,8 @@ def run(cfg: SearchConfig) -> int:
         return 130
     best = trials.best(table, history, cfg)
     if best is None:
-        first = table["error"].dropna()
-        raise UserError(f"every trial failed; first error: {first.iloc[0] if len(first) else 'unknown'}")
+        first = table["error"].dropna() if "error" in table else []
+        raise SearchFailed(f"every trial failed; first error: {first.iloc[0] if len(first) else 'unknown'}")
     result = evaluate.run(cfg, prepared, arrays, best, plan, table, history)
     print(report.summary_table(result))
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,8 @@ def worker_loop(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"]
 
+    # Trial start-up cost (worker group, imports, data, model, weights), reported with every epoch.
+    startup_s = time.time() - config.get("trial_start", time.time())
     steps_per_epoch = len(train_loader)
     total_steps, warmup_steps = epochs * steps_per_epoch, max(1, int(s.warmup_epochs * steps_per_epoch))
     for epoch in range(start_epoch, epochs):
@@ -137,6 +140,7 @@ def worker_loop(config: dict) -> None:
             train_loader.sampler.set_epoch(epoch)  # DistributedSampler reshuffles only when told
 
         # Train one epoch; the loss stays on the device so no step waits for the host.
+        epoch_start = time.time()
         model.train()
         loss_sum = torch.zeros((), device=device)
         for i, (x, y) in enumerate(train_loader):
@@ -154,6 +158,7 @@ def worker_loop(config: dict) -> None:
         # Validate and report; rank 0 alone writes the checkpoint, all ranks report the same metrics.
         scores, val_labels, val_loss = predict(model, val_loader, device, mean, std)
         row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(1, steps_per_epoch), "val_loss": val_loss,
+               "startup_s": startup_s, "epoch_s": time.time() - epoch_start,
                **{f"val_{k}": v for k, v in metrics.epoch_metrics(val_labels, scores).items()}}
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None

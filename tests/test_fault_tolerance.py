@@ -1,0 +1,124 @@
+"""Nothing lost: a killed driver resumes, a killed worker restarts from its checkpoint, a failing trial
+is recorded while the others finish. All through the real command line on the session's local Ray."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from ray.util.state import list_actors
+
+from conftest import REPO, TINY, run_cli
+
+
+def start_cli(*args) -> subprocess.Popen:
+    """The search in the background, in its own process group, as a user's terminal would run it."""
+    return subprocess.Popen([sys.executable, str(REPO / "tune" / "search.py"), *map(str, args)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    """Poll until `condition()` is truthy; fail with `what` (and the search's output) on timeout."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if value := condition():
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"search exited ({proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def finished_trials(run: Path) -> dict[str, dict]:
+    """Tune's last result line of every trial that reported its final epoch."""
+    done = {}
+    for result in (run / "tune").glob("*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if lines and lines[-1].get("epoch") == lines[-1]["config"]["epochs"]:
+            done[lines[-1]["trial_id"]] = lines[-1]
+    return done
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_killed_driver_resumes_without_losing_finished_trials(ray_address, tiny_data, tmp_path):
+    args = ["--data", tiny_data, "--results", tmp_path, "--name", "killed", "--address", ray_address, *TINY]
+    proc = start_cli(*args, "--num-samples", "3", "--max-concurrent", "1")
+    done = wait_for(lambda: finished_trials(tmp_path / "killed"), 300, "a finished trial", proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and anything it started, mid-search
+    proc.wait()
+    trial_id, before = next(iter(done.items()))
+    checkpoint = Path(before["checkpoint_path"]) / "model.pt"
+    checkpoint_sha = sha(checkpoint)
+
+    resumed = run_cli("--resume", "--name", "killed", "--results", tmp_path, "--address", ray_address)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    run = tmp_path / "killed"
+    assert (run / "report.json").is_file()
+    trials = pd.read_csv(run / "trials.csv").set_index("trial_id")
+    assert len(trials) == 3
+    assert trials.loc[trial_id, "last_val_auroc"] == before["val_auroc"]  # its results kept as they were
+    assert trials.loc[trial_id, "epochs_done"] == before["epoch"]
+    assert sha(checkpoint) == checkpoint_sha  # the finished trial was not retrained
+    history = pd.read_csv(run / "history.csv")
+    assert not history.duplicated(["trial_id", "epoch"]).any()
+
+    study = optuna.load_study(study_name="tbray", storage=f"sqlite:///{run / 'optuna.db'}")
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    finished = [t for t in study.trials if t.state != optuna.trial.TrialState.RUNNING]
+    assert len(finished) == 3, [(t.number, t.state) for t in study.trials]
+
+    again = run_cli("--resume", "--name", "killed", "--results", tmp_path, "--address", ray_address)
+    assert again.returncode == 0 and "already finished" in again.stdout
+
+
+def test_killed_worker_restarts_from_checkpoint(ray_address, tiny_data, tmp_path):
+    args = ["--data", tiny_data, "--results", tmp_path, "--name", "worker", "--address", ray_address, *TINY]
+    proc = start_cli(*args, "--epochs", "4", "--num-samples", "1", "--max-failures", "2")
+
+    def worker_after_first_epoch():
+        reported = list((tmp_path / "worker" / "train").glob("*/checkpoint_*"))
+        alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        return alive[0] if reported and alive else None
+
+    worker = wait_for(worker_after_first_epoch, 300, "a worker that has reported an epoch", proc)
+    os.kill(worker.pid, signal.SIGKILL)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+    history = pd.read_csv(tmp_path / "worker" / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3, 4]  # no gap, no repeat after the restart
+    assert pd.read_csv(tmp_path / "worker" / "trials.csv")["status"].tolist() == ["completed"]
+
+
+def test_failing_trial_is_recorded_and_search_goes_on(ray_address, tiny_data, tmp_path):
+    done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "fail", "--address", ray_address,
+                   *TINY, "--batch-sizes", "8,16", "--num-samples", "4", "--max-failures", "0",
+                   "--fail-batch-size", "8", "--fail-at-epoch", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = pd.read_csv(tmp_path / "fail" / "trials.csv")
+    failing, healthy = trials[trials["batch_size"] == 8], trials[trials["batch_size"] == 16]
+    assert len(failing) and len(healthy), "seed 0 should sample both batch sizes; pick another seed"
+    assert (failing["status"] == "error").all()
+    assert failing["error"].str.contains("injected failure").all()
+    assert (healthy["status"] != "error").all()
+    assert "errored" in done.stdout.lower() or "error" in (tmp_path / "fail" / "report.md").read_text().lower()
+
+
+def test_every_trial_failing_exits_nonzero_with_first_error(ray_address, tiny_data, tmp_path):
+    done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "allfail", "--address", ray_address,
+                   *TINY, "--batch-sizes", "8", "--num-samples", "1", "--max-failures", "0",
+                   "--fail-batch-size", "8", "--fail-at-epoch", "1")
+    assert done.returncode == 1
+    assert "every trial failed" in done.stderr and "injected failure" in done.stderr
+    assert "Traceback" not in done.stderr.splitlines()[-1]

@@ -1,0 +1,106 @@
+"""Benchmark tbray's data path, training step, Ray Train overhead and trial start-up; prints one table.
+
+    python tune/bench.py --demo                      # CPU here, GPU where there is one
+    python tune/bench.py --data ~/data/TB_Chest_Radiography_Database --full-trial
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+import torch
+from ray import tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from tbray import bench, demo
+from tbray import model as tbmodel
+from tbray.bench import Row
+
+
+def in_ray_train(args, use_gpu: bool, cpus: int) -> dict:
+    """The same step loop inside a one-worker TorchTrainer, launched from a Tune trial as tbray does."""
+
+    def worker(config):
+        loop_start = time.time()
+        state = ray.get(config["state"]["ref"]) if config["state"] else None
+        device = ray.train.torch.get_device()
+        img_s = bench.step_loop(args.model, state, args.image_size, args.batch_size, args.steps, device)
+        ray.train.report({"img_s": img_s, "startup_s": loop_start - config["t0"]})
+
+    def trial(config, state):
+        trainer = TorchTrainer(
+            worker, train_loop_config={"t0": time.time(), "state": state},
+            scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu,
+                                                   resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu else {})}),
+            run_config=ray.train.RunConfig(name=f"bench-{tune.get_context().get_trial_id()}",
+                                           storage_path=tempfile.mkdtemp(), callbacks=[TuneReportCallback()]),
+        )
+        trainer.fit()
+
+    state = tbmodel.pretrained_state(args.model, None, True)[0]
+    start = time.time()
+    grid = tune.Tuner(tune.with_resources(tune.with_parameters(trial, state={"ref": ray.put(state)}),
+                                          {"CPU": 0, "memory": 2**20}),
+                      run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(), verbose=0)).fit()
+    metrics = grid[0].metrics
+    return {"img_s": metrics["img_s"], "startup_s": metrics["startup_s"], "trial_s": time.time() - start}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, help="a data set root (default: the demo set with --demo)")
+    p.add_argument("--demo", action="store_true")
+    p.add_argument("--model", default="tf_efficientnet_lite0")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=None, help="default 16 on CPU, 128 on GPU")
+    p.add_argument("--steps", type=int, default=None, help="timed training steps (default 6 on CPU, 50 on GPU)")
+    p.add_argument("--images", type=int, default=256, help="images timed through the naive data path")
+    p.add_argument("--loader-workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--skip-ray", action="store_true", help="only the data path and the bare step")
+    args = p.parse_args()
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    args.batch_size = args.batch_size or (128 if gpu else 16)
+    args.steps = args.steps or (50 if gpu else 6)
+    root = args.data or demo.make(Path("results") / "demo-data")
+    root, split = bench.split_for_bench(root)
+    print(f"bench: {len(split)} images from {root}; device {torch.cuda.get_device_name() if gpu else 'cpu'} "
+          f"({os.cpu_count()} CPUs); model {args.model} at {args.image_size} px, batch {args.batch_size}",
+          file=sys.stderr)
+
+    rows = bench.data_path(root, split, args.image_size, Path("results") / ".cache", args.loader_workers, device,
+                           args.images)
+    state = tbmodel.pretrained_state(args.model, None, True)[0]
+    bare, util = bench.gpu_utilisation(
+        lambda: bench.step_loop(args.model, state, args.image_size, args.batch_size, args.steps, device))
+    rows.append(Row("training step, bare PyTorch loop", bare, "img/s", f"{args.steps} steps after warm-up"))
+    if gpu:
+        rows.append(Row("GPU utilisation during the bare loop", util, "%", torch.cuda.get_device_name()))
+    if not args.skip_ray:
+        ray.init(num_cpus=os.cpu_count())
+        cpus = 1 if gpu else os.cpu_count()  # the same threads as the bare loop
+        inside = in_ray_train(args, gpu, cpus)
+        rows.append(Row("training step, inside a Ray Train worker", inside["img_s"], "img/s",
+                        f"overhead {100 * (1 - inside['img_s'] / bare):+.1f}% vs bare"))
+        rows.append(Row("trial start-up: Tune trial -> first step in the worker", inside["startup_s"], "s",
+                        "worker group, imports, weights"))
+        rows.append(Row("whole one-trial Tune run (wall)", inside["trial_s"], "s"))
+        if gpu:
+            per_epoch = 2940 / inside["img_s"]
+            rows.append(Row("one 30-epoch trial on 2,940 images (compute, projected)", 30 * per_epoch + inside["startup_s"], "s",
+                            "30 x 2940 / img/s + start-up"))
+        ray.shutdown()
+    print(bench.format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
