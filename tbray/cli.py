@@ -29,6 +29,18 @@ def _positive(text: str) -> int:
     return value
 
 
+def _resource(text: str) -> tuple[str, float]:
+    """'accelerator_type:A100=0.01' -> ('accelerator_type:A100', 0.01)."""
+    name, sep, amount = text.rpartition("=")
+    try:
+        value = float(amount)
+    except ValueError:
+        value = -1
+    if not sep or not name or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected NAME=AMOUNT with AMOUNT > 0, got {text!r}")
+    return name, value
+
+
 def parser() -> argparse.ArgumentParser:
     d, s = SearchConfig(), SearchSpace()
     p = argparse.ArgumentParser(prog="tune/search.py", description=(
@@ -52,6 +64,8 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--max-concurrent", type=_positive, help="default: what the cluster's GPUs allow")
     search.add_argument("--gpus-per-trial", type=int, help="DDP workers per trial, one GPU each (0: CPU)")
     search.add_argument("--cpus-per-worker", type=_positive, default=d.cpus_per_worker)
+    search.add_argument("--worker-resource", action="append", default=[], type=_resource, metavar="NAME=AMOUNT",
+                        help="a custom Ray resource each worker asks for (repeatable)")
     search.add_argument("--metric", default=d.metric, choices=["val_auroc", "val_loss", "val_f1", "val_accuracy",
                                                                "val_sensitivity", "val_specificity"])
     search.add_argument("--mode", default=None, choices=["max", "min"], help="default: min for val_loss, else max")
@@ -93,7 +107,7 @@ def to_config(args: argparse.Namespace) -> SearchConfig:
         data=args.data, demo=args.demo, split_file=args.split_file, results=args.results, name=name, seed=args.seed,
         model=args.model, weights=args.weights, pretrained=not args.no_pretrained, space=space,
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, gpus_per_trial=args.gpus_per_trial,
-        cpus_per_worker=args.cpus_per_worker, metric=args.metric,
+        cpus_per_worker=args.cpus_per_worker, worker_resources=dict(args.worker_resource), metric=args.metric,
         mode=args.mode or ("min" if args.metric == "val_loss" else "max"), grace_period=args.grace_period,
         max_failures=args.max_failures, target_sensitivity=args.target_sensitivity,
         min_image_size=args.min_image_size, address=args.address, storage=args.storage, resume=args.resume,

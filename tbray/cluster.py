@@ -67,24 +67,26 @@ def _autoscaling_limits() -> dict | None:
 
 
 def plan(cfg: SearchConfig, info: dict) -> Plan:
-    """Workers per trial and concurrency from GPU arithmetic; refuse what can never be scheduled."""
+    """Workers per trial and concurrency from resource arithmetic; refuse what can never be scheduled."""
     have, most = info["resources"], info.get("max_resources") or {}
-    gpus, cpus = float(have.get("GPU", 0)), float(have.get("CPU", 0))
-    reachable_gpus = max(gpus, float(most.get("GPU", 0)))
-    wanted = cfg.gpus_per_trial if cfg.gpus_per_trial is not None else (1 if reachable_gpus else 0)
-    if wanted > reachable_gpus:
-        raise UserError(f"a trial asks for {wanted} GPU(s) but the cluster has {gpus:g} and can scale to "
-                        f"{reachable_gpus:g}; use --gpus-per-trial {int(reachable_gpus)} or a cluster with GPUs")
-    reachable_cpus = max(cpus, float(most.get("CPU", 0)))
-    if cfg.cpus_per_worker > reachable_cpus:
-        raise UserError(f"a worker asks for {cfg.cpus_per_worker} CPU(s) but the cluster offers {reachable_cpus:g} "
-                        f"to trials; lower --cpus-per-worker")
-    # An autoscaling cluster may have only its head up now; its trials will still land on other nodes.
-    if (info["nodes"] > 1 or info.get("max_resources")) and not cfg.storage:
-        raise UserError(f"the cluster has {info['nodes']} nodes but no shared storage: pass --storage "
-                        f"s3://bucket/prefix (or an NFS path mounted on every node) so checkpoints reach the driver")
+    reachable = lambda name: max(float(have.get(name, 0)), float(most.get(name, 0)))  # noqa: E731
+    gpus = reachable("GPU")
+    wanted = cfg.gpus_per_trial if cfg.gpus_per_trial is not None else (1 if gpus else 0)
+    if wanted > gpus:
+        raise UserError(f"a trial asks for {wanted} GPU(s) but the cluster has {float(have.get('GPU', 0)):g} and can "
+                        f"scale to {gpus:g}; use --gpus-per-trial {int(gpus)} or a cluster with GPUs")
     workers = wanted or 1
-    per_trial = wanted if wanted else cfg.cpus_per_worker
-    capacity = reachable_gpus if wanted else reachable_cpus
-    concurrent = cfg.max_concurrent or max(1, int(capacity // per_trial))
-    return Plan(workers, wanted > 0, concurrent, gpus, cpus, info["nodes"])
+    # What one trial holds while it runs: its workers' CPUs, GPUs and custom resources.
+    demand = {"CPU": cfg.cpus_per_worker * workers, "GPU": wanted,
+              **{name: amount * workers for name, amount in cfg.worker_resources.items()}}
+    for name, amount in demand.items():
+        if amount > reachable(name):
+            raise UserError(f"a trial asks for {name}={amount:g} but the cluster offers at most "
+                            f"{reachable(name):g} to trials; lower the request or use a bigger cluster")
+    # An autoscaling cluster may have only its head up now; its trials will still land on other nodes.
+    if (info["nodes"] > 1 or most) and not cfg.storage:
+        raise UserError(f"the cluster has {info['nodes']} node(s) and may grow, but no shared storage: pass --storage "
+                        f"s3://bucket/prefix (or an NFS path mounted on every node) so checkpoints reach the driver")
+    fits = min(int(reachable(name) // amount) for name, amount in demand.items() if amount > 0)
+    return Plan(workers, wanted > 0, cfg.max_concurrent or max(1, fits), float(have.get("GPU", 0)),
+                float(have.get("CPU", 0)), info["nodes"])

@@ -42,6 +42,7 @@ class TrainSettings:
     num_workers: int = 1  # Ray Train workers per trial (= GPUs per trial, or 1 CPU worker)
     use_gpu: bool = False
     cpus_per_worker: int = 1  # data sits decoded in memory, so workers need few CPUs
+    worker_resources: tuple[tuple[str, float], ...] = ()  # custom Ray resources each worker asks for
     warmup_epochs: float = 1.0  # linear warm-up before the cosine decay
     eval_batch_size: int = 128  # validation has no gradients, so it takes bigger batches
     seed: int = 0
@@ -67,6 +68,7 @@ class SearchConfig:
     max_concurrent: int | None = None  # default: cluster GPUs // GPUs per trial (CPUs without GPUs)
     gpus_per_trial: int | None = None  # default: 1 when the cluster has GPUs, else 0 (CPU)
     cpus_per_worker: int = 1
+    worker_resources: dict = field(default_factory=dict)  # e.g. {"accelerator_type:A100": 0.01}
     metric: str = "val_auroc"
     mode: str = "max"
     grace_period: int = 3  # ASHA: epochs every trial gets before it can be stopped

@@ -39,7 +39,8 @@ def trial(config: dict, settings: TrainSettings, refs: dict, storage: str, metri
                            "weights": refs["weights"], "trial_start": time.time()},
         scaling_config=train.ScalingConfig(
             num_workers=settings.num_workers, use_gpu=settings.use_gpu,
-            resources_per_worker={"CPU": settings.cpus_per_worker, **({"GPU": 1} if settings.use_gpu else {})},
+            resources_per_worker={"CPU": settings.cpus_per_worker, **({"GPU": 1} if settings.use_gpu else {}),
+                                  **dict(settings.worker_resources)},
         ),
         run_config=train.RunConfig(
             name=f"train-{tune.get_context().get_trial_id()}",
@@ -78,6 +79,7 @@ def run(cfg: SearchConfig) -> int:
         print(f"(search {cfg.name!r} had already finished; nothing to resume)")
         return 0
     tbmodel.check_name(cfg.model)
+    state, source = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)  # before Ray: fail fast
     prepared = runfolder.prepare(cfg)  # data checked, split fixed, run folder written
 
     info = cluster.connect(cfg)
@@ -86,6 +88,7 @@ def run(cfg: SearchConfig) -> int:
     settings = TrainSettings(
         model=cfg.model, mean=tuple(stats["mean"]), std=tuple(stats["std"]),
         num_workers=plan.workers_per_trial, use_gpu=plan.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
+        worker_resources=tuple(sorted(cfg.worker_resources.items())),
         seed=cfg.seed, fail_at_epoch=cfg.fail_at_epoch, fail_batch_size=cfg.fail_batch_size,
     )
 
@@ -93,7 +96,6 @@ def run(cfg: SearchConfig) -> int:
     arrays = cache.build(prepared.root, prepared.split, list(cfg.space.image_sizes), runfolder.cache_dir(cfg))
     data_refs = {size: ray.put({part: cache.subset(prepared.split, cache.load(p), part) for part in ("train", "val")})
                  for size, p in arrays.items()}
-    state, source = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)
     print(f"tbray: weights from {source}; {plan.describe()}")
     weights_ref = ray.put(state) if state is not None else None
 

@@ -105,6 +105,7 @@ def worker_loop(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(s.seed + rank)
     device = ray.train.torch.get_device()
+    node_id = ray.get_runtime_context().get_node_id()  # which node ran the trial, for the record
     mean, std = float(np.mean(s.mean)), float(np.mean(s.std))
 
     # Data: decoded once on the driver, one shared copy per node in the object store.
@@ -158,7 +159,7 @@ def worker_loop(config: dict) -> None:
         # Validate and report; rank 0 alone writes the checkpoint, all ranks report the same metrics.
         scores, val_labels, val_loss = predict(model, val_loader, device, mean, std)
         row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(1, steps_per_epoch), "val_loss": val_loss,
-               "startup_s": startup_s, "epoch_s": time.time() - epoch_start,
+               "startup_s": startup_s, "epoch_s": time.time() - epoch_start, "node_id": node_id,
                **{f"val_{k}": v for k, v in metrics.epoch_metrics(val_labels, scores).items()}}
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None

@@ -11,7 +11,7 @@ from tbray.config import SearchConfig
 
 PARAMS = ["epochs", "batch_size", "image_size", "lr", "weight_decay"]
 HISTORY = ["trial_id", "epoch", "train_loss", "val_loss", "val_accuracy", "val_auroc", "val_sensitivity",
-           "val_specificity", "val_f1", "startup_s", "epoch_s", "checkpoint_path", "time_total_s", "node_ip", "hostname"]
+           "val_specificity", "val_f1", "startup_s", "epoch_s", "checkpoint_path", "time_total_s", "node_id"]
 UNFINISHED = {"PENDING", "RUNNING", "PAUSED"}
 
 

@@ -15,14 +15,25 @@ TINY = ["--model", "test_efficientnet", "--no-pretrained", "--epochs", "2", "--b
 
 
 @pytest.fixture(scope="session")
-def ray_address():
-    """A local Ray with its dashboard, started once; CLI runs join it with --address."""
+def ray_session():
+    """A local Ray with its dashboard, started once for the whole test session."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     context = ray.init(num_cpus=2, include_dashboard=True)
-    yield context.address_info["gcs_address"]
+    yield context
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_session) -> str:
+    """Where CLI runs join the session's Ray (--address)."""
+    return ray_session.address_info["gcs_address"]
+
+
+@pytest.fixture(scope="session")
+def dashboard_url(ray_session) -> str:
+    return f"http://{ray_session.dashboard_url}"
 
 
 @pytest.fixture(scope="session")

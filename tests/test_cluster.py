@@ -1,0 +1,91 @@
+"""Cluster behaviour on one machine: a three-node Ray cluster with shared storage, the resource check,
+and the dashboard's HTTP API (token auth on) showing a running search."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from ray.cluster_utils import Cluster
+
+from conftest import TINY, run_cli
+from test_fault_tolerance import start_cli, wait_for
+
+
+@pytest.fixture(scope="module")
+def three_nodes():
+    """A head that runs no trial (no fake GPU) and two workers with one stand-in GPU each."""
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 1, "dashboard_port": 8299, "include_dashboard": True})
+    workers = [cluster.add_node(num_cpus=1, resources={"fake_gpu": 1}) for _ in range(2)]
+    cluster.wait_for_nodes()
+    yield cluster, cluster.head_node.node_id, {w.node_id for w in workers}
+    cluster.shutdown()
+
+
+def test_multi_node_search_places_trials_on_workers(three_nodes, tiny_data, tmp_path):
+    cluster, head_id, worker_ids = three_nodes
+    shared = tmp_path / "shared"  # one folder every node sees, standing in for S3 or NFS
+    done = run_cli("--data", tiny_data, "--results", tmp_path / "results", "--name", "multi", "--storage", shared,
+                   "--address", cluster.address, "--worker-resource", "fake_gpu=1", "--num-samples", "2", *TINY)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "up to 2 trial(s) at once on 3 node(s)" in done.stdout
+    history = pd.read_csv(tmp_path / "results" / "multi" / "history.csv")
+    nodes = history.groupby("trial_id")["node_id"].first()
+    assert len(nodes) == 2 and nodes.nunique() == 2, nodes  # the two trials ran on different nodes
+    assert set(nodes) <= worker_ids and head_id not in set(nodes)
+    assert list(shared.glob("multi/train/*/checkpoint_*")), "checkpoints belong on the shared storage"
+    report = json.loads((tmp_path / "results" / "multi" / "report.json").read_text())
+    assert report["best"]["checkpoint"].startswith(str(shared))
+    assert report["evaluation"]["n_test"] > 0
+
+
+def test_multi_node_without_shared_storage_is_refused(three_nodes, tiny_data, tmp_path):
+    cluster, _, _ = three_nodes
+    done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "nostore", "--address", cluster.address,
+                   *TINY, timeout=120)
+    assert done.returncode == 2
+    assert "shared storage" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_asking_for_gpus_the_cluster_never_has_exits_at_once(ray_address, tiny_data, tmp_path):
+    start = time.time()
+    done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "gpus", "--address", ray_address,
+                   *TINY, "--gpus-per-trial", "2", timeout=120)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("tbray: error: a trial asks for 2 GPU(s)") and "Traceback" not in done.stderr
+    assert time.time() - start < 60  # not a trial waiting forever for a worker group
+
+
+def _get(url: str, token: str | None):
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_dashboard_shows_the_running_search(ray_address, dashboard_url, tiny_data, tmp_path):
+    url = dashboard_url
+    assert url.startswith("http://127.0.0.1")
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _get(f"{url}/api/v0/actors", None)
+    assert refused.value.code == 401  # token auth stays on
+
+    proc = start_cli("--data", tiny_data, "--results", tmp_path, "--name", "dash", "--address", ray_address,
+                     *TINY, "--epochs", "3", "--num-samples", "1")
+
+    def visible():
+        actors = _get(f"{url}/api/v0/actors?limit=1000", token)["data"]["result"]["result"]
+        names = {a["class_name"] for a in actors if a["state"] == "ALIVE"}
+        return names if {"ImplicitFunc", "RayTrainWorker"} <= names else None
+
+    names = wait_for(visible, 240, "the trial and its Train worker in the dashboard", proc)
+    runs = _get(f"{url}/api/train/v2/runs/v1", token)["train_runs"]  # the dashboard's Train tab
+    assert any(run["name"].startswith("train-") for run in runs), runs
+    proc.communicate(timeout=600)
+    assert proc.returncode == 0
