@@ -16,8 +16,8 @@ class SearchSpace:
     epochs: tuple[int, ...] = (10, 20, 30)  # ASHA cuts weak trials early, so long schedules stay affordable
     batch_sizes: tuple[int, ...] = (16, 32, 64)  # per trial, split across its workers
     image_sizes: tuple[int, ...] = (224, 256, 320)  # square; the data set is 512x512
-    lr_min: float = 1e-4  # AdamW fine-tuning range for an ImageNet backbone
-    lr_max: float = 3e-3
+    lr_min: float = 5e-5  # AdamW fine-tuning range for an ImageNet backbone
+    lr_max: float = 1e-3
     weight_decay_min: float = 1e-5  # decoupled weight decay (AdamW), log-uniform
     weight_decay_max: float = 1e-1
 

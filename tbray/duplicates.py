@@ -1,16 +1,17 @@
 """Leakage check: exact and near-duplicate images, so copies can be kept in one split.
 
-Exact duplicates share a sha256 of the file bytes. Near duplicates have 64-bit
-perceptual hashes (``imagehash.phash``) within ``NEAR_DUPLICATE_MAX_DISTANCE``
-bits of each other. Chest X-rays are a homogeneous collection (same anatomy,
-same framing), so unrelated images sit closer in phash space than photos do;
-the threshold is therefore deliberately tight, see ``NEAR_DUPLICATE_MAX_DISTANCE``.
+Exact duplicates share a sha256 of the file bytes (computed by ``tbray.data``). Near
+duplicates have 256-bit perceptual hashes (``imagehash.phash`` with ``hash_size=16``)
+within ``NEAR_DUPLICATE_MAX_DISTANCE`` bits of each other. Chest X-rays are a
+homogeneous collection (same anatomy, same framing), so unrelated images sit closer
+in phash space than photos do: the default 64-bit phash put 46 of 44,850 pairs of
+independent synthetic X-rays within 4 bits (as close as 2), merging unrelated images,
+across classes too, into duplicate groups. 256 bits separate them; the evidence for
+the threshold is next to ``NEAR_DUPLICATE_MAX_DISTANCE``.
 """
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Sequence
 
 import imagehash
@@ -20,28 +21,41 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-# Largest Hamming distance (bits out of 64) still called a near duplicate.
-# Evidence (synthetic X-ray-like images with lungs, ribs, heart, opacities,
-# exposure and positioning variation; 500 copies per transform, 4,200 images):
-#   JPEG q=85 re-encode <= 2 bits in 100%; resize by 6 px or to half size <= 4
-#   in 100%; darken 10% <= 2; brighten 5% <= 4 in 91% (max 6).
-#   Unrelated images: 0.002% of pairs <= 4 (largest transitive group 40 of 4,200),
-#   but 0.017% <= 6, which chains 501 of 4,200 images into ONE group.
-# phash sets exactly 32 of 64 bits (bits above the median), so distances are
-# even: 4 and 5 behave the same, as do 6 and 7. We take 4: it keeps every
-# re-encode/resize copy while not letting chance similarity merge the dataset.
-NEAR_DUPLICATE_MAX_DISTANCE = 4
+# phash side: hash_size**2 bits, the signs of the lowest 16x16 DCT frequencies of a 64x64 thumbnail.
+_HASH_SIZE = 16
+_HASH_BITS = _HASH_SIZE * _HASH_SIZE  # 256
+_HASH_HEX = _HASH_BITS // 4  # 64 hex digits
+_HASH_WORDS = _HASH_BITS // 64  # 4 uint64 words
 
-# Rows per block of the pairwise XOR: 512 x 4,200 uint64 is ~17 MB, bounded memory.
+# Largest Hamming distance (bits out of 256) still called a near duplicate.
+# Evidence (tbray.demo.render synthetic X-rays; phash sets exactly half the bits, so
+# distances are even and 16 behaves like 17):
+#   Unrelated images, 4,200 (2,100 per class, 8.8M pairs): no pair within 20 bits at
+#   256 px or 64 px; closest pair 24 bits at 256 px (1 pair <= 24, 11 <= 28) and
+#   28 bits at 64 px (3 <= 28); median 102.
+#   Copies of 400 images (max distance at 256 px / 64 px; copies over 16 bits):
+#     JPEG q85 8 / 12; JPEG q70 10 / 18 (1 of 400 over 16 at 64 px);
+#     resize to 200/256, to half, or by -6 px <= 10 / 10;
+#     brighten +5% or +10% of full scale 8 / 6; scale x1.10 or x0.90 8 / 4;
+#     darken -5% of full scale 18 / 20 (1 and 3 of 400 over 16: the dark background clips at 0).
+#   Not covered: darken -10% (27 and 33 of 400 over 16), resize 0.75 + darken 8% + JPEG q70
+#   (14 and 86 of 400 over 16), and crops: phash is not shift-invariant, a 2 px crop-and-resize
+#   moves 256 px images by 14 bits on average (max 26) and 64 px images by 56.
+# 16 keeps every single re-encode, resize and mild brightness copy (a handful of tails aside)
+# while staying 8 bits below the closest of 8.8M unrelated pairs, so chance
+# similarity does not chain unrelated images into groups. Re-measure if the hash size changes.
+NEAR_DUPLICATE_MAX_DISTANCE = 16
+
+# Rows per block of the pairwise XOR: 512 x 4,200 uint64 per word is ~17 MB, bounded memory.
 _BLOCK_ROWS = 512
 
 PAIR_COLUMNS = ["path_a", "split_a", "path_b", "split_b", "kind", "distance"]
 
 
 def perceptual_hash(gray: np.ndarray) -> str:
-    """64-bit DCT perceptual hash of a grayscale uint8 image, as 16 hex digits.
+    """256-bit DCT perceptual hash of a grayscale uint8 image, as 64 hex digits.
 
-    phash keeps only the signs of the lowest 8x8 DCT frequencies of a 32x32
+    phash keeps only the signs of the lowest 16x16 DCT frequencies of a 64x64
     thumbnail relative to their median, so it survives lossy re-encoding
     (JPEG), resizing and small brightness/contrast changes that alter every
     byte of the file (and so its sha256) but not the picture.
@@ -51,67 +65,49 @@ def perceptual_hash(gray: np.ndarray) -> str:
             f"perceptual_hash needs a 2-D uint8 array, got {type(gray).__name__} "
             f"{getattr(gray, 'dtype', '')} with shape {getattr(gray, 'shape', '?')}"
         )
-    return str(imagehash.phash(Image.fromarray(gray)))
+    return str(imagehash.phash(Image.fromarray(gray), hash_size=_HASH_SIZE))
 
 
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of raw file bytes (exact-duplicate key)."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_hashes(path: Path) -> tuple[str, str]:
-    """(sha256, phash) of one image file; ValueError naming the file if unreadable."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-        with Image.open(path) as im:
-            im.load()
-            gray = _to_gray_uint8(im)
-    except (OSError, ValueError) as e:  # PIL raises OSError subclasses for bad images
-        raise ValueError(f"{path}: cannot read image ({e})") from None
-    return sha256_bytes(data), perceptual_hash(gray)
-
-
-def _to_gray_uint8(im: Image.Image) -> np.ndarray:
-    """Grayscale uint8 pixels; 16-bit/int images are scaled, not clipped, to 0..255."""
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # PIL's convert("L") clips values above 255, which would whiten 16-bit X-rays.
-        a = np.asarray(im, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        return np.zeros(a.shape, np.uint8) if hi <= lo else ((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-    return np.asarray(im.convert("L"))
-
-
-def _hashes_to_uint64(phash: Sequence[str]) -> np.ndarray:
-    """Parse 16-hex-digit phash strings to uint64; ValueError naming the bad entry."""
-    out = np.empty(len(phash), dtype=np.uint64)
+def _hashes_to_words(phash: Sequence[str]) -> np.ndarray:
+    """Parse 64-hex-digit phash strings to an (n, 4) uint64 array; ValueError naming the bad entry."""
+    out = np.empty((len(phash), _HASH_WORDS), dtype=np.uint64)
     for i, h in enumerate(phash):
         try:
-            if not isinstance(h, str) or len(h) != 16:
+            if not isinstance(h, str) or len(h) != _HASH_HEX:
                 raise ValueError
-            out[i] = int(h, 16)
+            out[i] = np.frombuffer(bytes.fromhex(h), dtype=">u8")
         except ValueError:
-            raise ValueError(f"phash #{i} is {h!r}, expected 16 hex digits (64-bit imagehash.phash)") from None
+            raise ValueError(
+                f"phash #{i} is {h!r}, expected {_HASH_HEX} hex digits ({_HASH_BITS}-bit imagehash.phash)"
+            ) from None
     return out
+
+
+def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bit distances between (..., 4) uint64 hashes, broadcast over the leading axes."""
+    dist = np.bitwise_count(a[..., 0] ^ b[..., 0]).astype(np.uint16)  # up to 256: wider than uint8
+    for k in range(1, _HASH_WORDS):
+        dist += np.bitwise_count(a[..., k] ^ b[..., k])
+    return dist
 
 
 def near_pairs(
     phash: Sequence[str], max_distance: int = NEAR_DUPLICATE_MAX_DISTANCE
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Index pairs (i < j) whose phash Hamming distance is <= max_distance, and the distances."""
-    h = _hashes_to_uint64(phash)
+    h = _hashes_to_words(phash)
     n = len(h)
     ii, jj, dd = [], [], []
     for start in range(0, n, _BLOCK_ROWS):
         block = h[start:start + _BLOCK_ROWS]
-        # XOR then popcount gives all Hamming distances of the block vs everything at once.
-        dist = np.bitwise_count(block[:, None] ^ h[None, :])
+        # Only columns from `start` on: pairs with earlier rows were found by earlier blocks.
+        dist = _hamming(block[:, None, :], h[None, start:, :])
         rows, cols = np.nonzero(dist <= max_distance)
-        rows = rows + start
         keep = cols > rows  # upper triangle: each unordered pair once, no self-pairs
-        ii.append(rows[keep])
-        jj.append(cols[keep])
-        dd.append(dist[rows[keep] - start, cols[keep]])
+        rows, cols = rows[keep], cols[keep]
+        ii.append(rows + start)
+        jj.append(cols + start)
+        dd.append(dist[rows, cols])
     if not ii:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty, empty
@@ -152,8 +148,8 @@ def cross_split_duplicates(df: pd.DataFrame, max_distance: int = NEAR_DUPLICATE_
     df = df.reset_index(drop=True)
     ni, nj, nd = near_pairs(df["phash"].tolist(), max_distance)
     ei, ej = _exact_pairs(df["sha256"].tolist())
-    h = _hashes_to_uint64(df["phash"].tolist())
-    exact_distance = np.bitwise_count(h[ei] ^ h[ej]).astype(np.int64)
+    h = _hashes_to_words(df["phash"].tolist())
+    exact_distance = _hamming(h[ei], h[ej]).astype(np.int64)
     pairs = pd.concat(
         [
             # Exact first so drop_duplicates keeps "exact" when a pair is both.

@@ -22,7 +22,7 @@ from tbray.metrics import epoch_metrics
 
 DEMO_BANNER = "SYNTHETIC DEMO DATA — NOT MEDICAL"
 DUPLICATE_METHOD = (
-    "exact duplicates share the sha256 of the file bytes; near duplicates have 64-bit perceptual "
+    "exact duplicates share the sha256 of the file bytes; near duplicates have 256-bit perceptual "
     f"hashes within {NEAR_DUPLICATE_MAX_DISTANCE} bits; every pair of images in different splits is compared"
 )
 FINISHED_STATUSES = {"TERMINATED", "COMPLETE", "COMPLETED", "DONE", "FINISHED"}

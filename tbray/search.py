@@ -4,55 +4,27 @@
       prepare the run folder: data found and checked, split.csv, skipped.csv
       connect to Ray, check the cluster can hold a trial, decode the images once
       Tuner(trial, OptunaSearch, ASHAScheduler).fit()      (or .restore() with --resume)
+        trial (tbray.driver): one TorchTrainer per trial, named by the trial id
+          worker_loop (tbray.train): on each Ray Train worker, DDP, reports every epoch
       trials.csv, the best checkpoint evaluated once on the test split, the report
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import optuna
 import ray
-from ray import train, tune
-from ray.train.torch import TorchTrainer
-from ray.tune.integration.ray_train import TuneReportCallback
+from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from tbray import cache, cluster, evaluate, report, runfolder, trials
 from tbray import model as tbmodel
 from tbray.config import SearchConfig, TrainSettings
+from tbray.driver import trial
 from tbray.errors import SearchFailed, UserError
-
-
-def trial(config: dict, settings: TrainSettings, refs: dict, storage: str, metric: str, mode: str,
-          max_failures: int) -> None:
-    """One Tune trial: a Ray Train run named by the trial id, so a restarted trial resumes it."""
-    from tbray.train import worker_loop  # imported on the trial's node, where torch is needed
-
-    trainer = TorchTrainer(
-        worker_loop,
-        # Object refs, not arrays: each worker reads the node's one shared copy.
-        train_loop_config={**config, "settings": settings, "data": refs["data"][config["image_size"]],
-                           "weights": refs["weights"], "trial_start": time.time()},
-        scaling_config=train.ScalingConfig(
-            num_workers=settings.num_workers, use_gpu=settings.use_gpu,
-            resources_per_worker={"CPU": settings.cpus_per_worker, **({"GPU": 1} if settings.use_gpu else {}),
-                                  **dict(settings.worker_resources)},
-        ),
-        run_config=train.RunConfig(
-            name=f"train-{tune.get_context().get_trial_id()}",
-            storage_path=storage,
-            callbacks=[TuneReportCallback()],
-            failure_config=train.FailureConfig(max_failures=max_failures),
-            # The best epoch by the search metric is kept for the final test; the latest always is.
-            checkpoint_config=train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
-                                                     checkpoint_score_order=mode),
-        ),
-    )
-    trainer.fit()
 
 
 def make_tuner(cfg: SearchConfig, trainable, storage: str, max_concurrent: int) -> tune.Tuner:

@@ -92,6 +92,7 @@ def best(table: pd.DataFrame, history: pd.DataFrame, cfg: SearchConfig) -> dict 
     if not len(kept):
         return None
     top = _ranked(kept, cfg).iloc[0]
-    params = table.set_index("trial_id").loc[top["trial_id"], PARAMS].to_dict()
+    row = table.set_index("trial_id").loc[top["trial_id"]]
+    params = {p: int(row[p]) if p in ("epochs", "batch_size", "image_size") else float(row[p]) for p in PARAMS}
     return {"trial_id": top["trial_id"], "epoch": int(top["epoch"]), "params": params,
             "checkpoint": top["checkpoint_path"], "metric": cfg.metric, "value": float(top[cfg.metric])}

@@ -51,7 +51,7 @@ def png_bytes(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
 
 
 def random_hex64(rng: np.random.Generator, n: int) -> list[str]:
-    return [rng.bytes(8).hex() for _ in range(n)]
+    return [rng.bytes(32).hex() for _ in range(n)]
 
 
 # ---------------------------------------------------------------- find_root

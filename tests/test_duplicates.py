@@ -1,14 +1,17 @@
 """Tests for tbray.duplicates on tiny synthetic X-ray-like images (no real data)."""
 
+import hashlib
 import io
 import itertools
 import shutil
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageFilter
 
+from tbray import data
 from tbray import duplicates as dup
 from tbray.duplicates import NEAR_DUPLICATE_MAX_DISTANCE
 
@@ -53,9 +56,9 @@ def hamming(a: str, b: str) -> int:
     return bin(int(a, 16) ^ int(b, 16)).count("1")
 
 
-def test_perceptual_hash_is_16_hex_and_rejects_non_gray():
+def test_perceptual_hash_is_64_hex_and_rejects_non_gray():
     h = dup.perceptual_hash(xray(0))
-    assert len(h) == 16 and int(h, 16) >= 0
+    assert len(h) == 64 and int(h, 16) >= 0
     with pytest.raises(ValueError, match="2-D uint8"):
         dup.perceptual_hash(np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="2-D uint8"):
@@ -70,7 +73,7 @@ def test_reencoded_copies_within_threshold(transform):
 
 
 def test_different_images_beyond_threshold():
-    hashes = [dup.perceptual_hash(xray(seed)) for seed in range(100, 112)]
+    hashes = [dup.perceptual_hash(xray(seed)) for seed in range(100, 130)]
     for a, b in itertools.combinations(hashes, 2):
         assert hamming(a, b) > NEAR_DUPLICATE_MAX_DISTANCE
 
@@ -94,8 +97,8 @@ def tree(tmp_path):
     for i, seed in enumerate((3, 4, 5)):
         _write_png(tmp_path / f"test/other{i}.png", xray(seed))
     rows = []
-    for p in sorted(tmp_path.rglob("*.png")):
-        sha, ph = dup.file_hashes(p)
+    for p in sorted(tmp_path.rglob("*.png")):  # hashed the way tbray.data hashes files
+        sha, ph = hashlib.sha256(p.read_bytes()).hexdigest(), dup.perceptual_hash(data.load_gray(p))
         rows.append({"path": p.relative_to(tmp_path).as_posix(), "split": p.parent.name, "sha256": sha, "phash": ph})
     return pd.DataFrame(rows)
 
@@ -126,12 +129,17 @@ def test_duplicate_groups_gives_copies_one_id(tree):
 
 
 def test_duplicate_groups_is_transitive_and_exact_only():
-    base = 0x0F0F0F0F0F0F0F0F
-    hashes = [f"{base:016x}", f"{base ^ 0b11:016x}", f"{base ^ 0b1111:016x}", f"{~base & (2**64 - 1):016x}"]
+    base = int("0F" * 32, 16)
+    # Bits flipped in different 64-bit words, so distances must add up across words.
+    flip1, flip2 = 0b11 << 200, (0b11 << 200) | (0b11 << 3)
+    hashes = [f"{base:064x}", f"{base ^ flip1:064x}", f"{base ^ flip2:064x}", f"{~base & (2**256 - 1):064x}"]
     # 0-1 and 1-2 are within 2 bits; 0-2 is 4 bits apart but joined through 1.
     groups = dup.duplicate_groups(["s0", "s1", "s2", "s3"], hashes, max_distance=2)
     assert groups.tolist() == [0, 0, 0, 1]
-    # Same sha256 joins files even when their phash strings are 64 bits apart.
+    assert dup.duplicate_groups(["s0", "s2"], [hashes[0], hashes[2]], max_distance=3).tolist() == [0, 1]
+    i, j, d = dup.near_pairs(hashes, max_distance=256)
+    assert d[(i == 0) & (j == 3)].tolist() == [256] and d[(i == 0) & (j == 2)].tolist() == [4]
+    # Same sha256 joins files even when their phash strings are 256 bits apart.
     assert dup.duplicate_groups(["x", "x"], [hashes[0], hashes[3]]).tolist() == [0, 0]
     assert dup.duplicate_groups(["x", "y"], [hashes[0], hashes[3]]).tolist() == [0, 1]
     assert dup.duplicate_groups([], []).shape == (0,)
@@ -139,30 +147,24 @@ def test_duplicate_groups_is_transitive_and_exact_only():
 
 def test_duplicate_groups_scales_to_4200_random_hashes():
     rng = np.random.default_rng(0)
-    phash = [f"{v:016x}" for v in rng.integers(0, 2**64, size=4200, dtype=np.uint64).tolist()]
+    phash = [rng.bytes(32).hex() for _ in range(4200)]
     phash[10] = phash[4000]  # one planted near duplicate (distance 0)
+    near = int(phash[600], 16) ^ (2**NEAR_DUPLICATE_MAX_DISTANCE - 1)  # exactly at the threshold
+    phash[3000] = f"{near:064x}"
+    start = time.perf_counter()
     groups = dup.duplicate_groups([f"s{i}" for i in range(4200)], phash)
+    assert time.perf_counter() - start < 2.0
     assert groups.shape == (4200,)
-    assert groups[10] == groups[4000]
+    assert groups[10] == groups[4000] and groups[600] == groups[3000]
+    assert len(set(groups)) == 4200 - 2  # random 256-bit hashes are ~128 bits apart
 
 
-def test_bad_inputs_raise_one_line_value_errors(tmp_path):
-    with pytest.raises(ValueError, match="phash #1"):
-        dup.duplicate_groups(["a", "b"], ["0" * 16, "xyz"])
+def test_bad_inputs_raise_one_line_value_errors():
+    for bad in ("xyz", "0" * 16, "g" * 64, None):  # not hex, an old 64-bit hash, bad digit, not a string
+        with pytest.raises(ValueError, match=r"phash #1 .*expected 64 hex digits"):
+            dup.duplicate_groups(["a", "b"], ["0" * 64, bad])
     with pytest.raises(ValueError, match="lacks column"):
         dup.cross_split_duplicates(pd.DataFrame({"path": [], "split": []}))
-    bad = tmp_path / "broken.png"
-    bad.write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="broken.png: cannot read image"):
-        dup.file_hashes(bad)
-
-
-def test_file_hashes_scales_16_bit_images(tmp_path):
-    img8 = xray(7)
-    p = tmp_path / "x16.png"
-    Image.fromarray(img8.astype(np.uint16) * 257).save(p)  # 16-bit PNG of the same picture
-    _, ph16 = dup.file_hashes(p)
-    assert hamming(ph16, dup.perceptual_hash(img8)) <= NEAR_DUPLICATE_MAX_DISTANCE
 
 
 def test_summary_is_json_able(tree):

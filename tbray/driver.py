@@ -1,0 +1,49 @@
+"""The Tune trial, a Ray Train driver: one Ray Train run named by the trial id, so a restarted trial resumes it.
+
+Kept apart from tbray.search on purpose: Tune's trial actor and Ray Train's controller unpickle this
+module, so it imports Ray and nothing heavy (no timm, scikit-learn, matplotlib); only the workers
+import the training loop. That trims seconds of start-up from every trial.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ray import train, tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from tbray.config import TrainSettings
+
+
+def worker(config: dict) -> None:
+    """Runs on each Ray Train worker; the import happens there, not in the trial or the controller."""
+    from tbray.train import worker_loop
+
+    worker_loop(config)
+
+
+def trial(config: dict, settings: TrainSettings, refs: dict, storage: str, metric: str, mode: str,
+        max_failures: int) -> None:
+    """Build and fit the trial's TorchTrainer; TuneReportCallback forwards each epoch's report to Tune."""
+    trainer = TorchTrainer(
+        worker,
+        # Object refs, not arrays: each worker reads the node's one shared copy.
+        train_loop_config={**config, "settings": settings, "data": refs["data"][config["image_size"]],
+                           "weights": refs["weights"], "trial_start": time.time()},
+        scaling_config=train.ScalingConfig(
+            num_workers=settings.num_workers, use_gpu=settings.use_gpu,
+            resources_per_worker={"CPU": settings.cpus_per_worker, **({"GPU": 1} if settings.use_gpu else {}),
+                                  **dict(settings.worker_resources)},
+        ),
+        run_config=train.RunConfig(
+            name=f"train-{tune.get_context().get_trial_id()}",
+            storage_path=storage,
+            callbacks=[TuneReportCallback()],
+            failure_config=train.FailureConfig(max_failures=max_failures),
+            # The best epoch by the search metric is kept for the final test; the latest always is.
+            checkpoint_config=train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=metric,
+                                                     checkpoint_score_order=mode),
+        ),
+    )
+    trainer.fit()
