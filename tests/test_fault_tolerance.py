@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,3 +123,30 @@ def test_every_trial_failing_exits_nonzero_with_first_error(ray_address, tiny_da
     assert done.returncode == 1
     assert "every trial failed" in done.stderr and "injected failure" in done.stderr
     assert "Traceback" not in done.stderr.splitlines()[-1]
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes(ray_address, tiny_data, tmp_path):
+    args = ["--data", tiny_data, "--results", tmp_path, "--name", "ctrlc", "--address", ray_address, *TINY]
+    proc = start_cli(*args, "--epochs", "3", "--num-samples", "2", "--max-concurrent", "1")
+    wait_for(lambda: list((tmp_path / "ctrlc" / "train").glob("*/checkpoint_*")), 300, "a first epoch", proc)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, output[-3000:]
+    assert "--resume --name ctrlc" in output
+    resumed = run_cli("--resume", "--name", "ctrlc", "--results", tmp_path, "--address", ray_address)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(pd.read_csv(tmp_path / "ctrlc" / "trials.csv")) == 2
+
+
+def test_resume_with_changed_data_is_refused(ray_address, tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    # A search whose folder was written but which stopped before any trial (no GPU for it).
+    first = run_cli("--data", data, "--results", tmp_path, "--name", "changed", "--address", ray_address,
+                    *TINY, "--gpus-per-trial", "1")
+    assert first.returncode == 2 and (tmp_path / "changed" / "split.csv").is_file()
+    victim = next((data / "Tuberculosis").glob("*.png"))
+    victim.write_bytes((data / "Normal" / "Normal-1.png").read_bytes())  # same name, other picture
+    again = run_cli("--resume", "--name", "changed", "--results", tmp_path, "--address", ray_address)
+    assert again.returncode == 2
+    assert "changed since the split was made" in again.stderr and victim.name in again.stderr
