@@ -33,6 +33,11 @@ def check_name(name: str) -> None:
 def create(name: str, state: dict | None = None) -> torch.nn.Module:
     """A timm EfficientNet with one TB logit; `state` (a backbone state dict) is loaded if given."""
     model = timm.create_model(name, pretrained=False, num_classes=1)
+    # timm's EfficientNet init scales the head by 1/sqrt(outputs): with one output that is U(-1, 1),
+    # logits of +-50 on pretrained features and saturated scores. Start near P(TB) = 0.5 instead.
+    head = model.get_classifier()
+    torch.nn.init.normal_(head.weight, std=0.01)
+    torch.nn.init.zeros_(head.bias)
     if state is not None:
         load_backbone(model, state)
     return model

@@ -140,3 +140,16 @@ def test_check_name():
         tbmodel.check_name("resnet_nope")
     with pytest.raises(UserError, match="'resnet18' is not an EfficientNet"):
         tbmodel.check_name("resnet18")
+
+
+def test_new_head_starts_near_even_odds(monkeypatch):
+    """timm's default init gives a one-output head U(-1, 1) weights and logits of +-50 on pretrained
+    features, which saturates every score; the head must start small."""
+    monkeypatch.setenv("TBRAY_OFFLINE", "1")
+    torch.manual_seed(0)
+    state, _ = tbmodel.pretrained_state("tf_efficientnet_lite0", None, True)
+    model = tbmodel.create("tf_efficientnet_lite0", state).eval()
+    with torch.no_grad():
+        logits = model(torch.rand(8, 3, 96, 96) * 2 - 1)
+    assert logits.shape == (8, 1)
+    assert logits.abs().max() < 1.0
