@@ -33,7 +33,7 @@ def in_ray_train(args, use_gpu: bool, cpus: int) -> dict:
         state = ray.get(config["state"]["ref"]) if config["state"] else None
         device = ray.train.torch.get_device()
         img_s = bench.step_loop(args.model, state, args.image_size, args.batch_size, args.steps, device)
-        ray.train.report({"img_s": img_s, "startup_s": loop_start - config["t0"]})
+        ray.train.report({"img_s": img_s, "startup_s": loop_start - config["t0"], "threads": torch.get_num_threads()})
 
     def trial(config, state):
         trainer = TorchTrainer(
@@ -51,7 +51,8 @@ def in_ray_train(args, use_gpu: bool, cpus: int) -> dict:
                                           {"CPU": 0, "memory": 2**20}),
                       run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(), verbose=0)).fit()
     metrics = grid[0].metrics
-    return {"img_s": metrics["img_s"], "startup_s": metrics["startup_s"], "trial_s": time.time() - start}
+    return {"img_s": metrics["img_s"], "startup_s": metrics["startup_s"], "threads": metrics["threads"],
+            "trial_s": time.time() - start}
 
 
 def main() -> int:
@@ -61,35 +62,41 @@ def main() -> int:
     p.add_argument("--model", default="tf_efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=None, help="default 16 on CPU, 128 on GPU")
-    p.add_argument("--steps", type=int, default=None, help="timed training steps (default 6 on CPU, 50 on GPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed training steps (default 10 on CPU, 50 on GPU)")
     p.add_argument("--images", type=int, default=256, help="images timed through the naive data path")
     p.add_argument("--loader-workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--skip-ray", action="store_true", help="only the data path and the bare step")
+    p.add_argument("--cpu-threads", type=int, default=max(1, (os.cpu_count() or 1) - 1),
+                   help="CPU only: training threads in both loops (default: all cores but one, left to Ray)")
     args = p.parse_args()
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
     args.batch_size = args.batch_size or (128 if gpu else 16)
-    args.steps = args.steps or (50 if gpu else 6)
+    args.steps = args.steps or (50 if gpu else 10)
     root = args.data or demo.make(Path("results") / "demo-data")
     root, split = bench.split_for_bench(root)
     print(f"bench: {len(split)} images from {root}; device {torch.cuda.get_device_name() if gpu else 'cpu'} "
           f"({os.cpu_count()} CPUs); model {args.model} at {args.image_size} px, batch {args.batch_size}",
           file=sys.stderr)
 
-    rows = bench.data_path(root, split, args.image_size, Path("results") / ".cache", args.loader_workers, device,
+    if not gpu:
+        torch.set_num_threads(args.cpu_threads)
+    rows = bench.data_path(root, split, args.image_size, Path(tempfile.mkdtemp()), args.loader_workers, device,
                            args.images)
     state = tbmodel.pretrained_state(args.model, None, True)[0]
+    if not args.skip_ray:
+        ray.init(num_cpus=os.cpu_count())  # first, so both loops share a CPU with Ray's own processes
     bare, util = bench.gpu_utilisation(
         lambda: bench.step_loop(args.model, state, args.image_size, args.batch_size, args.steps, device))
-    rows.append(Row("training step, bare PyTorch loop", bare, "img/s", f"{args.steps} steps after warm-up"))
+    rows.append(Row("training step, bare PyTorch loop", bare, "img/s",
+                    f"{args.steps} steps of {args.batch_size} after warm-up, {torch.get_num_threads()} threads"))
     if gpu:
         rows.append(Row("GPU utilisation during the bare loop", util, "%", torch.cuda.get_device_name()))
     if not args.skip_ray:
-        ray.init(num_cpus=os.cpu_count())
-        cpus = 1 if gpu else os.cpu_count()  # the same threads as the bare loop
+        cpus = 1 if gpu else args.cpu_threads  # Ray gives the worker as many threads as CPUs
         inside = in_ray_train(args, gpu, cpus)
         rows.append(Row("training step, inside a Ray Train worker", inside["img_s"], "img/s",
-                        f"overhead {100 * (1 - inside['img_s'] / bare):+.1f}% vs bare"))
+                        f"overhead {100 * (1 - inside['img_s'] / bare):+.1f}% vs bare, {inside['threads']} threads"))
         rows.append(Row("trial start-up: Tune trial -> first step in the worker", inside["startup_s"], "s",
                         "worker group, imports, weights"))
         rows.append(Row("whole one-trial Tune run (wall)", inside["trial_s"], "s"))
