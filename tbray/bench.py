@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from tbray import augment, cache, data
 from tbray import model as tbmodel
-from tbray.train import ArrayDataset, _collate
+from tbray.train import ArrayDataset, collate_batch
 
 
 @dataclass
@@ -39,7 +39,7 @@ def naive_loader(root: Path, size: int, batch_size: int, workers: int) -> DataLo
 
 def cached_loader(images: np.ndarray, labels: np.ndarray, batch_size: int) -> DataLoader:
     """tbray's path: decoded once, uint8 in memory, whole batches sliced at a time."""
-    return DataLoader(ArrayDataset(images, labels), batch_size=batch_size, shuffle=True, collate_fn=_collate)
+    return DataLoader(ArrayDataset(images, labels), batch_size=batch_size, shuffle=True, collate_fn=collate_batch)
 
 
 def images_per_second(loader, device: torch.device, limit: int, prepare: bool) -> float:

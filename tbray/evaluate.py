@@ -20,7 +20,7 @@ from tbray import cache, metrics, report, runfolder
 from tbray import model as tbmodel
 from tbray.config import SearchConfig
 from tbray.errors import UserError
-from tbray.train import ArrayDataset, _collate, load_checkpoint, predict
+from tbray.train import ArrayDataset, collate_batch, load_checkpoint, predict
 
 
 def load_best(checkpoint: str, cfg: SearchConfig) -> dict:
@@ -46,7 +46,7 @@ def score(state: dict, images: dict[str, dict], batch_size: int = 128) -> dict[s
     model = model.to(device, memory_format=torch.channels_last)
     out = {}
     for name, part in images.items():
-        loader = torch.utils.data.DataLoader(ArrayDataset(**part), batch_size=batch_size, collate_fn=_collate)
+        loader = torch.utils.data.DataLoader(ArrayDataset(**part), batch_size=batch_size, collate_fn=collate_batch)
         out[name] = predict(model, loader, device, state["mean"], state["std"])[0]
     return out
 

@@ -1,0 +1,35 @@
+"""Score chest X-rays with a search's best model at its saved operating threshold.
+
+    python tune/predict.py results/<name>/best_model.pt IMAGE_OR_FOLDER [...] [--out predictions.csv]
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from tbray.errors import UserError
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path, help="best_model.pt from a run folder")
+    p.add_argument("images", type=Path, nargs="+", help="image files or folders (PNG, JPEG)")
+    p.add_argument("--threshold", type=float, help="override the saved operating threshold")
+    p.add_argument("--out", type=Path, help="write a CSV here (default: print it)")
+    args = p.parse_args()
+    try:
+        from tbray import predict
+
+        table = predict.run(args.model, args.images, args.threshold)
+    except UserError as exc:
+        print(f"tbray: error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        table.to_csv(args.out, index=False)
+    else:
+        print(table.to_csv(index=False), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
