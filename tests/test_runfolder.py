@@ -1,0 +1,67 @@
+"""The run folder's data decisions, without Ray: external splits matched by name, leftover leakage
+warned about, the options saved for --resume."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from tbray import demo, runfolder
+from tbray.config import SearchConfig
+from tbray.errors import UserError
+
+
+@pytest.fixture
+def data(tmp_path):
+    return demo.make(tmp_path / "TB_Chest_Radiography_Database", n_images=72, size=64)
+
+
+def test_tbnet_split_files_are_matched_and_missing_ones_reported(data, tmp_path, capsys):
+    folder = tmp_path / "tbnet"
+    folder.mkdir()
+    names = {"train": [f"Normal-{i}.png,0" for i in range(1, 31)] + [f"TB-{i}.png,1" for i in range(1, 7)],
+             "val": [f"Normal-{i}.png,0" for i in range(31, 41)] + ["TB-7.png,1", "TB-8.png,1"],
+             "test": [f"Normal-{i}.png,0" for i in range(41, 61)] + ["TB-9.png,1", "TB-10.png,1", "TB-2563.png,1"]}
+    for split, rows in names.items():
+        (folder / f"{split}_split.csv").write_text("\n".join(rows) + "\n")
+    cfg = SearchConfig(data=data, results=tmp_path / "results", name="tbnet", split_file=folder, min_image_size=32)
+    prepared = runfolder.prepare(cfg)
+    out = capsys.readouterr().out
+    assert "1 file(s) named in" in out and "TB-2563.png" in out
+    split = pd.read_csv(tmp_path / "results" / "tbnet" / "split.csv")
+    assert len(split) == 70  # the 60 Normal and 10 TB named and on disk; TB 11-12 are not named
+    assert split.loc[split["path"] == "Tuberculosis/Tuberculosis-9.png", "split"].item() == "test"
+    assert split.loc[split["path"] == "Normal/Normal-35.png", "split"].item() == "val"
+    assert prepared.cross_split_duplicates.empty
+
+
+def test_duplicates_left_across_splits_by_a_split_file_are_warned_about(data, tmp_path, capsys):
+    shutil.copy(data / "Normal" / "Normal-1.png", data / "Normal" / "Normal-copy.png")
+    cfg = SearchConfig(data=data, results=tmp_path / "results", name="first", min_image_size=32)
+    split = runfolder.prepare(cfg).split
+    pair = split[split["path"].isin(["Normal/Normal-1.png", "Normal/Normal-copy.png"])]
+    assert pair["split"].nunique() == 1  # a new split keeps the copies together
+    forced = split.copy()
+    forced.loc[forced["path"] == "Normal/Normal-1.png", "split"] = "train"
+    forced.loc[forced["path"] == "Normal/Normal-copy.png", "split"] = "test"
+    forced[["path", "label", "split", "sha256"]].to_csv(tmp_path / "forced.csv", index=False)
+    capsys.readouterr()
+    cfg = SearchConfig(data=data, results=tmp_path / "results", name="forced", split_file=tmp_path / "forced.csv",
+                       min_image_size=32)
+    prepared = runfolder.prepare(cfg)
+    assert "WARNING 1 duplicate pair(s) across splits" in capsys.readouterr().out
+    row = prepared.cross_split_duplicates.iloc[0]
+    assert {row["path_a"], row["path_b"]} == {"Normal/Normal-1.png", "Normal/Normal-copy.png"}
+    assert row["kind"] == "exact"
+    assert prepared.summary()["duplicates"], "the report lists them"
+
+
+def test_saved_options_come_back_for_resume(data, tmp_path):
+    cfg = SearchConfig(data=data, results=tmp_path, name="saved", num_samples=3, min_image_size=32)
+    runfolder.prepare(cfg)
+    again = runfolder.for_resume(SearchConfig(results=tmp_path, name="saved", resume=True))
+    assert again.num_samples == 3 and again.data == data and again.resume
+    with pytest.raises(UserError, match="run folder exists"):
+        runfolder.prepare(cfg)
