@@ -90,3 +90,21 @@ def plan(cfg: SearchConfig, info: dict) -> Plan:
     fits = min(int(reachable(name) // amount) for name, amount in demand.items() if amount > 0)
     return Plan(workers, wanted > 0, cfg.max_concurrent or max(1, fits), float(have.get("GPU", 0)),
                 float(have.get("CPU", 0)), info["nodes"])
+
+
+def release_leftover_placement_groups() -> int:
+    """Remove placement groups this job's finished trials still hold; returns how many.
+
+    Train V2 frees a stopped run's workers through a cleaner actor that can lag behind (seen here:
+    minutes after a resumed search ended, its last run still held a CPU), and the final evaluation
+    must not wait on resources that no trial will use again. Called only once every trial has ended.
+    """
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+    from ray.util.state import list_placement_groups
+
+    job = ray.get_runtime_context().get_job_id()
+    leftover = [pg for pg in list_placement_groups(filters=[("state", "=", "CREATED")], detail=True)
+                if pg.creator_job_id == job]
+    for pg in leftover:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg.placement_group_id)))
+    return len(leftover)

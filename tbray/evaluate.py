@@ -61,9 +61,12 @@ def run(cfg: SearchConfig, prepared: runfolder.Prepared, arrays: dict, best: dic
     if images is None:
         raise UserError(f"best checkpoint uses image size {size}, which this run never decoded")
     parts = {name: cache.subset(prepared.split, images, name) for name in ("val", "test")}
-    # Scored where a trial's worker would run (a GPU node when trials use GPUs), not on the head.
-    task = ray.remote(num_gpus=1 if plan.use_gpu else 0, num_cpus=1 if not plan.use_gpu else 0)(score)
-    scores = ray.get(task.remote(state, parts))
+    # On GPUs, scored where a trial's worker would run (a GPU node, not the CPU head); on CPUs, here,
+    # in the driver, which holds the images already and needs no scheduling.
+    if plan.use_gpu:
+        scores = ray.get(ray.remote(num_gpus=1, num_cpus=0)(score).remote(state, parts))
+    else:
+        scores = score(state, parts)
     try:
         evaluation = metrics.evaluate_scores(parts["val"]["labels"], scores["val"], parts["test"]["labels"],
                                              scores["test"], target_sensitivity=cfg.target_sensitivity, seed=cfg.seed)

@@ -43,6 +43,17 @@ def make_tuner(cfg: SearchConfig, trainable, storage: str, max_concurrent: int) 
     )
 
 
+def train_settings(cfg: SearchConfig, plan: cluster.Plan) -> TrainSettings:
+    """What every trial trains with: the model's own input statistics, the workers the plan allows."""
+    stats = tbmodel.input_stats(cfg.model)
+    return TrainSettings(
+        model=cfg.model, mean=tuple(stats["mean"]), std=tuple(stats["std"]),
+        num_workers=plan.workers_per_trial, use_gpu=plan.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
+        worker_resources=tuple(sorted(cfg.worker_resources.items())),
+        seed=cfg.seed, fail_at_epoch=cfg.fail_at_epoch, fail_batch_size=cfg.fail_batch_size,
+    )
+
+
 def run(cfg: SearchConfig) -> int:
     """The whole search; returns the process exit code."""
     run_dir = runfolder.path(cfg)
@@ -53,16 +64,13 @@ def run(cfg: SearchConfig) -> int:
     tbmodel.check_name(cfg.model)
     state, source = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)  # before Ray: fail fast
     prepared = runfolder.prepare(cfg)  # data checked, split fixed, run folder written
+    n_train = int((prepared.split["split"] == "train").sum())
+    if max(cfg.space.batch_sizes) > n_train:
+        raise UserError(f"batch size {max(cfg.space.batch_sizes)} is larger than the {n_train} training images; "
+                        f"lower --batch-sizes")
 
-    info = cluster.connect(cfg)
-    plan = cluster.plan(cfg, info)
-    stats = tbmodel.input_stats(cfg.model)
-    settings = TrainSettings(
-        model=cfg.model, mean=tuple(stats["mean"]), std=tuple(stats["std"]),
-        num_workers=plan.workers_per_trial, use_gpu=plan.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
-        worker_resources=tuple(sorted(cfg.worker_resources.items())),
-        seed=cfg.seed, fail_at_epoch=cfg.fail_at_epoch, fail_batch_size=cfg.fail_batch_size,
-    )
+    plan = cluster.plan(cfg, cluster.connect(cfg))
+    settings = train_settings(cfg, plan)
 
     # Decode once: one uint8 array per image size, shared with every trial through the object store.
     arrays = cache.build(prepared.root, prepared.split, list(cfg.space.image_sizes), runfolder.cache_dir(cfg))
@@ -87,6 +95,8 @@ def run(cfg: SearchConfig) -> int:
     else:
         tuner = make_tuner(cfg, trainable, storage, plan.max_concurrent)
     grid = tuner.fit()
+    if released := cluster.release_leftover_placement_groups():
+        print(f"tbray: released {released} placement group(s) that finished trials still held")
 
     table, history = trials.collect(grid, cfg)
     trials.write(run_dir, table, history)

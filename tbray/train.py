@@ -114,7 +114,7 @@ def worker_loop(config: dict) -> None:
     train_loader, val_loader = loaders(data, batch_size, s.eval_batch_size, s.seed)
     labels = data["train"]["labels"]
     # Weighted loss for the ~5:1 Normal:TB imbalance, so a constant "Normal" answer isn't a minimum.
-    pos_weight = torch.tensor((labels == 0).sum() / max(1, (labels == 1).sum()), device=device)
+    pos_weight = torch.tensor((labels == 0).sum() / max(1, (labels == 1).sum()), dtype=torch.float32, device=device)
 
     # Model and optimiser; pretrained weights come resolved from the driver, never downloaded here.
     weights = ray.get(config["weights"]) if config.get("weights") is not None else None
@@ -141,37 +141,49 @@ def worker_loop(config: dict) -> None:
         if ray.train.get_context().get_world_size() > 1:
             train_loader.sampler.set_epoch(epoch)  # DistributedSampler reshuffles only when told
 
-        # Train one epoch; the loss stays on the device so no step waits for the host.
+        # Train one epoch on the trial's LR schedule.
         epoch_start = time.time()
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        for i, (x, y) in enumerate(train_loader):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(epoch * steps_per_epoch + i, total_steps, warmup_steps, lr)
-            x = augment.prepare(x.to(device, non_blocking=True), mean, std, train=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(x).float().squeeze(1)
-            loss = F.binary_cross_entropy_with_logits(logits, y.to(device).float(), pos_weight=pos_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
+        schedule = lambda i: lr_at(epoch * steps_per_epoch + i, total_steps, warmup_steps, lr)  # noqa: E731
+        train_loss = train_epoch(model, train_loader, optimizer, schedule, pos_weight, device, mean, std)
 
         # Validate and report; rank 0 alone writes the checkpoint, all ranks report the same metrics.
         scores, val_labels, val_loss = predict(model, val_loader, device, mean, std)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(1, steps_per_epoch), "val_loss": val_loss,
-               "startup_s": startup_s, "epoch_s": time.time() - epoch_start, "node_id": node_id,
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "startup_s": startup_s,
+               "epoch_s": time.time() - epoch_start, "node_id": node_id,
                **{f"val_{k}": v for k, v in metrics.epoch_metrics(val_labels, scores).items()}}
-        with tempfile.TemporaryDirectory() as directory:
-            checkpoint = None
-            if rank == 0:
-                save_checkpoint(directory, {
-                    "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                    "model_name": s.model, "image_size": int(data["val"]["images"].shape[-1]),
-                    "mean": mean, "std": std, "params": {k: config[k] for k in ("epochs", "batch_size", "lr", "weight_decay")},
-                })
-                checkpoint = ray.train.Checkpoint.from_directory(directory)
-            ray.train.report(row, checkpoint=checkpoint)
+        state = None if rank else {
+            "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+            "model_name": s.model, "image_size": int(data["val"]["images"].shape[-1]), "mean": mean, "std": std,
+            "params": {k: config[k] for k in ("epochs", "batch_size", "lr", "weight_decay")}}
+        report(row, state)
+
+
+def train_epoch(model, loader, optimizer, schedule, pos_weight, device, mean: float, std: float) -> float:
+    """One pass over the training shard; the loss sum stays on the device so no step waits for the host."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    for i, (x, y) in enumerate(loader):
+        for group in optimizer.param_groups:
+            group["lr"] = schedule(i)
+        x = augment.prepare(x.to(device, non_blocking=True), mean, std, train=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x).float().squeeze(1)
+        loss = F.binary_cross_entropy_with_logits(logits, y.to(device).float(), pos_weight=pos_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach()
+    return loss_sum.item() / max(1, len(loader))
+
+
+def report(row: dict, state: dict | None) -> None:
+    """Report one epoch to Ray Train, with a checkpoint when this worker holds the state to save."""
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if state is not None:
+            save_checkpoint(directory, state)
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(row, checkpoint=checkpoint)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
