@@ -5,6 +5,7 @@ Reads top to bottom: data, model, optimiser, resume, then epochs of train -> val
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
@@ -135,6 +136,7 @@ def worker_loop(config: dict) -> None:
     startup_s = time.time() - config.get("trial_start", time.time())
     steps_per_epoch = len(train_loader)
     total_steps, warmup_steps = epochs * steps_per_epoch, max(1, int(s.warmup_epochs * steps_per_epoch))
+    schedule = functools.partial(lr_at, total_steps=total_steps, warmup_steps=warmup_steps, base_lr=lr)
     for epoch in range(start_epoch, epochs):
         if s.fail_batch_size == batch_size and s.fail_at_epoch == epoch + 1:
             raise RuntimeError(f"injected failure (test hook) at epoch {epoch + 1}, batch size {batch_size}")
@@ -143,8 +145,8 @@ def worker_loop(config: dict) -> None:
 
         # Train one epoch on the trial's LR schedule.
         epoch_start = time.time()
-        schedule = lambda i: lr_at(epoch * steps_per_epoch + i, total_steps, warmup_steps, lr)  # noqa: E731
-        train_loss = train_epoch(model, train_loader, optimizer, schedule, pos_weight, device, mean, std)
+        train_loss = train_epoch(model, train_loader, optimizer, schedule, epoch * steps_per_epoch, pos_weight,
+                                 device, mean, std)
 
         # Validate and report; rank 0 alone writes the checkpoint, all ranks report the same metrics.
         scores, val_labels, val_loss = predict(model, val_loader, device, mean, std)
@@ -158,13 +160,14 @@ def worker_loop(config: dict) -> None:
         report(row, state)
 
 
-def train_epoch(model, loader, optimizer, schedule, pos_weight, device, mean: float, std: float) -> float:
+def train_epoch(model, loader, optimizer, schedule, first_step: int, pos_weight, device, mean: float,
+                std: float) -> float:
     """One pass over the training shard; the loss sum stays on the device so no step waits for the host."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     for i, (x, y) in enumerate(loader):
         for group in optimizer.param_groups:
-            group["lr"] = schedule(i)
+            group["lr"] = schedule(first_step + i)
         x = augment.prepare(x.to(device, non_blocking=True), mean, std, train=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(x).float().squeeze(1)

@@ -84,7 +84,7 @@ def test_dashboard_shows_the_running_search(ray_address, dashboard_url, tiny_dat
         names = {a["class_name"] for a in actors if a["state"] == "ALIVE"}
         return names if {"ImplicitFunc", "RayTrainWorker"} <= names else None
 
-    names = wait_for(visible, 240, "the trial and its Train worker in the dashboard", proc)
+    wait_for(visible, 240, "the trial and its Train worker in the dashboard", proc)
     runs = _get(f"{url}/api/train/v2/runs/v1", token)["train_runs"]  # the dashboard's Train tab
     assert any(run["name"].startswith("train-") for run in runs), runs
     proc.communicate(timeout=600)
