@@ -25,7 +25,6 @@ DUPLICATE_METHOD = (
     "exact duplicates share the sha256 of the file bytes; near duplicates have 256-bit perceptual "
     f"hashes within {NEAR_DUPLICATE_MAX_DISTANCE} bits; every pair of images in different splits is compared"
 )
-FINISHED_STATUSES = {"TERMINATED", "COMPLETE", "COMPLETED", "DONE", "FINISHED"}
 # file name -> caption, in the order they appear in the "Plots" section.
 PLOTS = {
     "roc.png": "ROC curve on the test split",
@@ -127,50 +126,16 @@ def _params_text(params: dict) -> str:
 # ---------------------------------------------------------------- search summary
 
 
-def _has_error(error) -> bool:
-    """Return True when an error cell holds an actual message."""
-    return not _is_missing(error) and str(error).strip() != ""
-
-
-def _outcome(status, error, planned_epochs, epochs_run) -> str:
-    """Classify one trial as completed, stopped early, errored, or its raw status (e.g. running)."""
-    status = str(status).upper()
-    if "ERROR" in status or _has_error(error):
-        return "errored"
-    if any(word in status for word in ("STOP", "EARLY", "PRUN")):
-        return "stopped early"
-    if status not in FINISHED_STATUSES:
-        return status.lower()
-    # Ray marks trials halted by the scheduler TERMINATED too; fewer epochs than planned tells them apart.
-    if pd.notna(planned_epochs) and pd.notna(epochs_run) and epochs_run < planned_epochs:
-        return "stopped early"
-    return "completed"
-
-
-def trial_outcomes(trials: pd.DataFrame, history: pd.DataFrame) -> pd.Series:
-    """Return each trial's outcome, using the epoch history to spot scheduler stops."""
-    has_ids = "trial_id" in history.columns
-    epochs_run = history.groupby("trial_id").size() if has_ids else pd.Series(dtype=int)
-    return pd.Series([
-        _outcome(
-            row.get("status"), row.get("error"), row.get("epochs", np.nan),
-            epochs_run.get(row.get("trial_id"), np.nan),
-        )
-        for _, row in trials.iterrows()
-    ], index=trials.index, dtype=object)
-
-
-def search_summary(trials: pd.DataFrame, history: pd.DataFrame) -> dict:
-    """Return trial counts per outcome and the trials as JSON records."""
-    outcomes = trial_outcomes(trials, history)
-    counts = outcomes.value_counts()
+def search_summary(trials: pd.DataFrame) -> dict:
+    """Trial counts per status (as trials.csv has them: completed, stopped_early, error, ...)."""
+    counts = trials["status"].value_counts() if "status" in trials else pd.Series(dtype=int)
     return {
         "n_trials": int(len(trials)),
         "completed": int(counts.get("completed", 0)),
-        "stopped_early": int(counts.get("stopped early", 0)),
-        "errored": int(counts.get("errored", 0)),
-        "other": {k: int(v) for k, v in counts.items() if k not in ("completed", "stopped early", "errored")},
-        "trials": _json_safe(trials.assign(outcome=outcomes).to_dict("records")),
+        "stopped_early": int(counts.get("stopped_early", 0)),
+        "errored": int(counts.get("error", 0)),
+        "other": {k: int(v) for k, v in counts.items() if k not in ("completed", "stopped_early", "error")},
+        "trials": _json_safe(trials.to_dict("records")),
     }
 
 
@@ -225,7 +190,7 @@ def build(*, evaluation: dict, val_labels, val_scores, trials: pd.DataFrame, his
         "evaluation": evaluation,
         "validation_at_threshold": epoch_metrics(val_labels, val_scores, threshold),
         "best": best,
-        "search": search_summary(trials, history),
+        "search": search_summary(trials),
         "config": config,
         "data_summary": data_summary,
     })

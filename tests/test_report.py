@@ -39,10 +39,10 @@ def _study(n_trials=4):
 
 
 def _trials_and_history():
-    """Trials 0-2 ran all 3 epochs, trial 3 was stopped after 1 epoch, trial 4 errored."""
+    """Trials 0-2 ran all 3 epochs, trial 3 was stopped after 1 epoch, trial 4 errored (trials.csv words)."""
     trials = pd.DataFrame({
         "trial_id": ["t0", "t1", "t2", "t3", "t4"],
-        "status": ["TERMINATED"] * 4 + ["ERROR"],
+        "status": ["completed"] * 3 + ["stopped_early", "error"],
         "epochs": [3] * 5,
         "batch_size": [16, 32, 16, 32, 16],
         "image_size": [224] * 5,
@@ -123,7 +123,7 @@ def test_report_json(demo_run):
     search = on_disk["search"]
     assert (search["n_trials"], search["completed"], search["stopped_early"], search["errored"]) == (5, 3, 1, 1)
     assert search["trials"][4]["best_val_auroc"] is None  # NaN became null
-    assert [t["outcome"] for t in search["trials"]] == ["completed"] * 3 + ["stopped early", "errored"]
+    assert [t["status"] for t in search["trials"]] == ["completed"] * 3 + ["stopped_early", "error"]
 
 
 def test_classification_report_has_both_thresholds(demo_run):
