@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from tbray import augment, cache, data
 from tbray import model as tbmodel
-from tbray.train import ArrayDataset, collate_batch
+from tbray.inference import ArrayDataset, collate_batch
 
 
 @dataclass

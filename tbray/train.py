@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import ray
@@ -18,35 +16,12 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from tbray import augment, metrics
 from tbray import model as tbmodel
 from tbray.config import TrainSettings
-
-CHECKPOINT_FILE = "model.pt"
-
-
-class ArrayDataset(Dataset):
-    """uint8 images and labels already in memory; batches come out as one slice, not N items."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        return self.__getitems__([i])
-
-    def __getitems__(self, idx: list[int]):
-        idx = np.sort(np.asarray(idx))  # sorted reads are kinder to a memory-mapped array
-        return torch.from_numpy(self.images[idx].copy()), torch.from_numpy(self.labels[idx].copy())
-
-
-def collate_batch(batch):
-    """The dataset already returns a whole batch."""
-    return batch
+from tbray.inference import ArrayDataset, collate_batch, load_checkpoint, save_checkpoint, score_loader
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
@@ -69,35 +44,6 @@ def loaders(data: dict, batch_size: int, eval_batch_size: int, seed: int) -> tup
     # without padding duplicates that a DistributedSampler would add.
     val = DataLoader(ArrayDataset(**data["val"]), batch_size=eval_batch_size, collate_fn=collate_batch)
     return train, val
-
-
-def save_checkpoint(directory: Path, payload: dict) -> Path:
-    """Write then rename, so a kill mid-write never leaves a truncated file that a resume would load."""
-    path = Path(directory) / CHECKPOINT_FILE
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_checkpoint(directory: Path) -> dict:
-    """A checkpoint written by `save_checkpoint`; never runs pickled code."""
-    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, loader, device, mean: float, std: float) -> tuple[np.ndarray, np.ndarray, float]:
-    """P(TB) for every image, the labels, and the mean unweighted loss."""
-    model.eval()
-    scores, labels, loss_sum = [], [], 0.0
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(augment.prepare(x, mean, std, train=False)).float().squeeze(1)
-        loss_sum += F.binary_cross_entropy_with_logits(logits, y.float(), reduction="sum").item()
-        scores.append(torch.sigmoid(logits).cpu())
-        labels.append(y.cpu())
-    return torch.cat(scores).numpy(), torch.cat(labels).numpy(), loss_sum / max(1, sum(len(s) for s in scores))
 
 
 def worker_loop(config: dict) -> None:
@@ -124,13 +70,13 @@ def worker_loop(config: dict) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config["weight_decay"])
 
     # Resume: after a worker failure or an interrupted search, carry on from the latest checkpoint.
-    start_epoch = 0
+    start_epoch, best_so_far = 0, None
     if checkpoint := ray.train.get_checkpoint():
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(directory)
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch = state["epoch"]
+        start_epoch, best_so_far = state["epoch"], state.get("best_so_far")
 
     # Trial start-up cost (worker group, imports, data, model, weights), reported with every epoch.
     startup_s = time.time() - config.get("trial_start", time.time())
@@ -149,13 +95,17 @@ def worker_loop(config: dict) -> None:
                                  device, mean, std)
 
         # Validate and report; rank 0 alone writes the checkpoint, all ranks report the same metrics.
-        scores, val_labels, val_loss = predict(model, val_loader, device, mean, std)
+        scores, val_labels, val_loss = score_loader(model, val_loader, device, mean, std)
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "startup_s": startup_s,
                "epoch_s": time.time() - epoch_start, "node_id": node_id,
                **{f"val_{k}": v for k, v in metrics.epoch_metrics(val_labels, scores).items()}}
+        if best_so_far is None or (row[s.metric] < best_so_far if s.mode == "min" else row[s.metric] > best_so_far):
+            best_so_far = row[s.metric]
+        row[f"best_{s.metric}"] = best_so_far  # what Optuna and ASHA see: the trial's best epoch so far
         state = None if rank else {
             "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
             "model_name": s.model, "image_size": int(data["val"]["images"].shape[-1]), "mean": mean, "std": std,
+            "best_so_far": best_so_far,
             "params": {k: config[k] for k in ("epochs", "batch_size", "lr", "weight_decay")}}
         report(row, state)
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tbray import augment
-from tbray.train import ArrayDataset, lr_at
+from tbray.inference import ArrayDataset
+from tbray.train import lr_at
 
 
 def test_lr_warms_up_then_decays_to_zero_over_the_trials_own_length():
