@@ -41,6 +41,16 @@ def _resource(text: str) -> tuple[str, float]:
     return name, value
 
 
+def _external(text: str) -> tuple[str, Path]:
+    """'site=/data/site' -> ('site', Path('/data/site')); the name becomes part of file names."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise argparse.ArgumentTypeError(f"name {name!r}: use letters, digits, '-' and '_' only")
+    return name, Path(path)
+
+
 def parser() -> argparse.ArgumentParser:
     d, s = SearchConfig(), SearchSpace()
     p = argparse.ArgumentParser(prog="tune/search.py", description=(
@@ -50,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--data", type=Path, help="TB_Chest_Radiography_Database/ (Normal/, Tuberculosis/) or its parent")
     data.add_argument("--demo", action="store_true", help="use a generated synthetic data set (not medical)")
     data.add_argument("--split-file", type=Path, help="reuse a split.csv, or a folder of TB-Net style split CSVs")
+    data.add_argument("--external", action="append", default=[], type=_external, metavar="NAME=PATH",
+                      help="labelled X-rays from elsewhere, scored once by the best model (repeatable)")
     data.add_argument("--min-image-size", type=_positive, default=d.min_image_size, help="skip smaller images (px)")
     space = p.add_argument_group("search space")
     space.add_argument("--epochs", type=_ints, default=s.epochs, help="choices, e.g. 10,20,30")
@@ -98,6 +110,9 @@ def to_config(args: argparse.Namespace) -> SearchConfig:
         raise UserError("--gpus-per-trial must be >= 0")
     if args.resume and not args.name:
         raise UserError("--resume needs --name NAME (the run folder under --results)")
+    external_sets = dict(args.external)
+    if len(external_sets) < len(args.external):
+        raise UserError("--external names must differ")
     space = SearchSpace(epochs=args.epochs, batch_sizes=args.batch_sizes, image_sizes=args.image_sizes,
                         lr_min=lo, lr_max=hi)
     name = args.name or runfolder.default_name()
@@ -109,7 +124,7 @@ def to_config(args: argparse.Namespace) -> SearchConfig:
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, gpus_per_trial=args.gpus_per_trial,
         cpus_per_worker=args.cpus_per_worker, worker_resources=dict(args.worker_resource), metric=args.metric,
         mode=args.mode or ("min" if args.metric == "val_loss" else "max"), grace_period=args.grace_period,
-        max_failures=args.max_failures, target_sensitivity=args.target_sensitivity,
+        max_failures=args.max_failures, target_sensitivity=args.target_sensitivity, external=external_sets,
         min_image_size=args.min_image_size, address=args.address, storage=args.storage, resume=args.resume,
         num_cpus=args.num_cpus, fail_at_epoch=args.fail_at_epoch, fail_batch_size=args.fail_batch_size,
     )

@@ -103,7 +103,9 @@ def release_leftover_placement_groups() -> int:
     from ray.util.state import list_placement_groups
 
     job = ray.get_runtime_context().get_job_id()
-    leftover = [pg for pg in list_placement_groups(filters=[("state", "=", "CREATED")], detail=True)
+    # This job's own cluster by address: with two local Rays on one machine, no address is ambiguous.
+    address = ray.get_runtime_context().gcs_address
+    leftover = [pg for pg in list_placement_groups(address=address, filters=[("state", "=", "CREATED")], detail=True)
                 if pg.creator_job_id == job]
     for pg in leftover:
         remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg.placement_group_id)))

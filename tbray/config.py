@@ -46,6 +46,8 @@ class TrainSettings:
     warmup_epochs: float = 1.0  # linear warm-up before the cosine decay
     eval_batch_size: int = 128  # validation has no gradients, so it takes bigger batches
     seed: int = 0
+    metric: str = "val_loss"  # the search metric; each epoch also reports its best so far as best_<metric>
+    mode: str = "min"
     fail_at_epoch: int | None = None  # test hook: raise in this epoch when batch_size == fail_batch_size
     fail_batch_size: int | None = None
 
@@ -69,12 +71,13 @@ class SearchConfig:
     gpus_per_trial: int | None = None  # default: 1 when the cluster has GPUs, else 0 (CPU)
     cpus_per_worker: int = 1
     worker_resources: dict = field(default_factory=dict)  # e.g. {"accelerator_type:A100": 0.01}
-    metric: str = "val_auroc"
-    mode: str = "max"
+    metric: str = "val_loss"  # unlike val_auroc, it does not saturate on separable validation (README)
+    mode: str = "min"
     grace_period: int = 3  # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: int = 3  # ASHA: keep the best 1/3 at each rung
     max_failures: int = 2  # Ray Train worker restarts per trial, from its latest checkpoint
     target_sensitivity: float = 0.90  # WHO triage target; picks the threshold on validation
+    external: dict = field(default_factory=dict)  # name -> folder of labelled X-rays from elsewhere, scored once
     min_image_size: int = 64  # smaller files can't be chest X-rays; skipped
     address: str | None = None  # Ray cluster to join; default starts a local Ray
     storage: str | None = None  # shared storage (s3://, gs://, NFS path) for multi-node runs
@@ -89,5 +92,6 @@ class SearchConfig:
         for key, value in out.items():
             if isinstance(value, Path):
                 out[key] = str(value)
+        out["external"] = {name: str(folder) for name, folder in self.external.items()}
         out["space"] = {k: list(v) if isinstance(v, tuple) else v for k, v in out["space"].items()}
         return out

@@ -160,14 +160,15 @@ def make_split(files: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 
 def write_split(split: pd.DataFrame, path: Path) -> None:
-    """split.csv: path relative to the data root, label, split (train/val/test), sha256."""
-    split[SPLIT_COLUMNS].to_csv(path, index=False)
+    """split.csv: path relative to the data root, label, split (train/val/test), sha256, and the perceptual
+    hash that lets a later external set be checked for copies of these images without the data at hand."""
+    split[SPLIT_COLUMNS + ["phash"]].to_csv(path, index=False)
 
 
 def read_split(csv: Path, files: pd.DataFrame) -> pd.DataFrame:
     """Apply a saved split.csv to the files found now; a changed or missing file is refused."""
     try:
-        saved = pd.read_csv(csv, dtype={"path": str, "sha256": str})
+        saved = pd.read_csv(csv, dtype={"path": str, "sha256": str}).drop(columns=["phash"], errors="ignore")
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise UserError(f"{csv}: unreadable split file ({exc})")
     if missing := set(SPLIT_COLUMNS) - set(saved.columns):

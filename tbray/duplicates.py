@@ -175,6 +175,33 @@ def cross_split_duplicates(df: pd.DataFrame, max_distance: int = NEAR_DUPLICATE_
     )
 
 
+def matches(
+    sha256_a: Sequence[str], phash_a: Sequence[str], sha256_b: Sequence[str], phash_b: Sequence[str],
+    max_distance: int = NEAR_DUPLICATE_MAX_DISTANCE,
+) -> pd.DataFrame:
+    """Pairs (i in a, j in b) that are exact or near duplicates: columns i, j, kind, distance.
+
+    For two separate collections (an external set against a search's split), so only pairs across
+    them are compared; blocks of `a` keep memory bounded as in `near_pairs`.
+    """
+    ha, hb = _hashes_to_words(phash_a), _hashes_to_words(phash_b)
+    frames = []
+    for start in range(0, len(ha), _BLOCK_ROWS):
+        dist = _hamming(ha[start:start + _BLOCK_ROWS, None, :], hb[None, :, :])
+        rows, cols = np.nonzero(dist <= max_distance)
+        frames.append(pd.DataFrame({"i": rows + start, "j": cols, "kind": "near", "distance": dist[rows, cols]}))
+    exact = pd.DataFrame({"sha": list(sha256_a), "i": np.arange(len(sha256_a))}).merge(
+        pd.DataFrame({"sha": list(sha256_b), "j": np.arange(len(sha256_b))}), on="sha")
+    if len(exact):
+        exact_distance = _hamming(ha[exact["i"].to_numpy()], hb[exact["j"].to_numpy()]).astype(np.int64)
+        frames.insert(0, pd.DataFrame({"i": exact["i"], "j": exact["j"], "kind": "exact", "distance": exact_distance}))
+    if not frames:
+        return pd.DataFrame(columns=["i", "j", "kind", "distance"])
+    # Exact first, so a pair that is both stays "exact".
+    return pd.concat(frames, ignore_index=True).drop_duplicates(["i", "j"]).astype({"i": np.int64, "j": np.int64,
+                                                                                   "distance": np.int64})
+
+
 def summary(pairs: pd.DataFrame, examples: int = 3) -> list[dict]:
     """JSON-able counts of cross-split duplicate pairs per (split pair, kind), with a few example pairs."""
     if pairs.empty:

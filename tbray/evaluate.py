@@ -5,7 +5,6 @@ The operating threshold is chosen on validation scores; the test split is scored
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -14,19 +13,16 @@ import optuna
 import pandas as pd
 import pyarrow.fs
 import ray
-import torch
 
-from tbray import cache, metrics, report, runfolder
-from tbray import model as tbmodel
+from tbray import assess, cache, external, inference, metrics, plots, report, runfolder
 from tbray.config import SearchConfig
 from tbray.errors import UserError
-from tbray.train import ArrayDataset, collate_batch, load_checkpoint, predict
 
 
 def load_best(checkpoint: str, cfg: SearchConfig) -> dict:
     """The checkpoint's contents, from the run folder or from shared storage."""
     filesystem = pyarrow.fs.FileSystem.from_uri(cfg.storage)[0] if cfg.storage and "://" in cfg.storage else None
-    return load_checkpoint(_local_copy(checkpoint, filesystem))
+    return inference.load_checkpoint(_local_copy(checkpoint, filesystem))
 
 
 def _local_copy(path: str, filesystem) -> Path:
@@ -38,28 +34,20 @@ def _local_copy(path: str, filesystem) -> Path:
     return target
 
 
-def score(state: dict, images: dict[str, dict], batch_size: int = 128) -> dict[str, np.ndarray]:
+def score(state: dict, images: dict[str, dict]) -> dict[str, np.ndarray]:
     """P(TB) of each image set with the checkpoint's model, on the device this task was given."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = tbmodel.create(state["model_name"])
-    model.load_state_dict(state["model"])
-    model = model.to(device, memory_format=torch.channels_last)
-    out = {}
-    for name, part in images.items():
-        loader = torch.utils.data.DataLoader(ArrayDataset(**part), batch_size=batch_size, collate_fn=collate_batch)
-        out[name] = predict(model, loader, device, state["mean"], state["std"])[0]
-    return out
+    return {name: inference.score_images(state, part["images"]) for name, part in images.items()}
 
 
 def run(cfg: SearchConfig, prepared: runfolder.Prepared, arrays: dict, best: dict, plan, table: pd.DataFrame,
-        history: pd.DataFrame) -> dict:
-    """Score val (threshold) and test (once), save the best model, write every report file."""
+        history: pd.DataFrame, externals: list | None = None) -> dict:
+    """Score val (threshold) and test (once), then each external set; save the best model and the report."""
     run_dir = runfolder.path(cfg)
     state = load_best(best["checkpoint"], cfg)
     size = int(state["image_size"])
-    images = cache.load(arrays[size]) if size in arrays else None
-    if images is None:
+    if size not in arrays:
         raise UserError(f"best checkpoint uses image size {size}, which this run never decoded")
+    images = cache.load(arrays[size])
     parts = {name: cache.subset(prepared.split, images, name) for name in ("val", "test")}
     # On GPUs, scored where a trial's worker would run (a GPU node, not the CPU head); on CPUs, here,
     # in the driver, which holds the images already and needs no scheduling.
@@ -68,25 +56,53 @@ def run(cfg: SearchConfig, prepared: runfolder.Prepared, arrays: dict, best: dic
     else:
         scores = score(state, parts)
     try:
-        evaluation = metrics.evaluate_scores(parts["val"]["labels"], scores["val"], parts["test"]["labels"],
-                                             scores["test"], target_sensitivity=cfg.target_sensitivity, seed=cfg.seed)
+        evaluation = assess.test(parts["val"]["labels"], scores["val"], parts["test"]["labels"], scores["test"],
+                                 target_sensitivity=cfg.target_sensitivity, seed=cfg.seed)
     except metrics.MetricsError as exc:
         raise UserError(str(exc))
-    save_model(run_dir / "best_model.pt", state, best, evaluation)
+    if warning := evaluation["threshold_selection"]["warning"]:
+        print(f"tbray: WARNING {warning}")
+    saved = save_model(run_dir / "best_model.pt", state, best, evaluation)
     pd.DataFrame({"path": prepared.split.loc[prepared.split["split"] == "test", "path"].to_numpy(),
                   "label": parts["test"]["labels"], "score": scores["test"]}).to_csv(run_dir / "test_scores.csv", index=False)
+    outside = score_externals(externals or [], saved, cfg, run_dir)
+    curves = {"internal test": (parts["test"]["labels"], scores["test"], evaluation["threshold"]), **outside["curves"]}
+    if outside["records"]:
+        plots.roc_curves_png(curves, run_dir / "roc_external.png")
     study = optuna.load_study(study_name="tbray", storage=f"sqlite:///{runfolder.study_path(cfg)}")
     return report.write(
         run_dir, evaluation=evaluation, val_labels=parts["val"]["labels"], val_scores=scores["val"],
         test_labels=parts["test"]["labels"], test_scores=scores["test"], trials=table, history=history,
-        study=study, best=best, config=cfg.to_json(), data_summary=prepared.summary(),
+        study=study, best=best, config=cfg.to_json(), data_summary=prepared.summary(), external=outside["records"],
     )
 
 
-def save_model(path: Path, state: dict, best: dict, evaluation: dict) -> None:
+def score_externals(externals: list, saved: dict, cfg: SearchConfig, run_dir: Path) -> dict:
+    """Each external set scored once at the saved threshold: records for the report, curves for the plot."""
+    records, curves, tables = {}, {}, []
+    for ext in externals:
+        print(f"tbray: scoring external set {ext.name!r} ({len(ext.files)} images)")
+        records[ext.name], scored = external.evaluate(ext, saved, cfg.target_sensitivity, runfolder.cache_dir(cfg),
+                                                      seed=cfg.seed)
+        curves[ext.name] = (scored["label"].to_numpy(), scored["score"].to_numpy(), saved["threshold"])
+        tables.append(scored)
+    if tables:
+        pd.concat(tables, ignore_index=True).to_csv(run_dir / "external_scores.csv", index=False)
+    return {"records": records, "curves": curves}
+
+
+def threshold_source(evaluation: dict) -> dict:
+    """Where a model's threshold came from, carried in the model file and printed by predict."""
+    sel = evaluation["threshold_selection"]
+    keys = ("method", "target_sensitivity", "n", "n_tb", "sensitivity", "sensitivity_ci", "specificity",
+            "specificity_ci")
+    return {"kind": "validation split", **{k: sel[k] for k in keys}}
+
+
+def save_model(path: Path, state: dict, best: dict, evaluation: dict) -> dict:
     """The best model as one loadable file, with the threshold every later prediction must use."""
     payload = {k: state[k] for k in ("model", "model_name", "image_size", "mean", "std", "params")}
-    payload |= {"threshold": float(evaluation["threshold"]), "trial_id": best["trial_id"], "epoch": best["epoch"]}
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    payload |= {"threshold": float(evaluation["threshold"]), "threshold_source": threshold_source(evaluation),
+                "trial_id": best["trial_id"], "epoch": best["epoch"]}
+    inference.save_atomic(payload, path)
+    return payload

@@ -55,14 +55,14 @@ def _require_both_classes(y: np.ndarray, split_name: str) -> None:
         raise MetricsError(f"the {split_name} split has no Normal image, so specificity and AUROC are undefined")
 
 
-def _checked_binary(labels, scores, split_name: str) -> tuple[np.ndarray, np.ndarray]:
+def checked_binary(labels, scores, split_name: str) -> tuple[np.ndarray, np.ndarray]:
     """Validate input as _checked does and also require both classes."""
     y, s = _checked(labels, scores, split_name)
     _require_both_classes(y, split_name)
     return y, s
 
 
-def _counts(y: np.ndarray, s: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
+def counts(y: np.ndarray, s: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
     """Return (tn, fp, fn, tp) when predicting TB for score >= threshold."""
     tn, fp, fn, tp = skm.confusion_matrix(y, (s >= threshold).astype(int), labels=[0, 1]).ravel()
     return int(tn), int(fp), int(fn), int(tp)
@@ -71,14 +71,14 @@ def _counts(y: np.ndarray, s: np.ndarray, threshold: float) -> tuple[int, int, i
 def confusion(labels, scores, threshold: float) -> list[list[int]]:
     """Return the 2x2 confusion matrix as lists: rows true Normal/TB, columns predicted Normal/TB."""
     y, s = _checked(labels, scores)
-    tn, fp, fn, tp = _counts(y, s, threshold)
+    tn, fp, fn, tp = counts(y, s, threshold)
     return [[tn, fp], [fn, tp]]
 
 
 def epoch_metrics(labels, scores, threshold: float = 0.5, split_name: str = "validation") -> dict:
     """Return accuracy, auroc, sensitivity, specificity and f1 (cheap enough for every epoch)."""
-    y, s = _checked_binary(labels, scores, split_name)
-    tn, fp, fn, tp = _counts(y, s, threshold)
+    y, s = checked_binary(labels, scores, split_name)
+    tn, fp, fn, tp = counts(y, s, threshold)
     return {
         "accuracy": (tp + tn) / y.size,
         "auroc": float(skm.roc_auc_score(y, s)),
@@ -89,28 +89,16 @@ def epoch_metrics(labels, scores, threshold: float = 0.5, split_name: str = "val
     }
 
 
-def _roc(y: np.ndarray, s: np.ndarray):
+def roc_points(y: np.ndarray, s: np.ndarray):
     """Return sklearn's ROC curve with every distinct score kept as a threshold."""
     # drop_intermediate=False: the dropped points may include the exact one we look for.
     return skm.roc_curve(y, s, drop_intermediate=False)
 
 
-def threshold_for_sensitivity(labels, scores, target: float = 0.90, split_name: str = "validation") -> float:
-    """Return the highest threshold whose sensitivity on these scores reaches target."""
-    if not 0 < target <= 1:
-        raise MetricsError(f"target sensitivity must be in (0, 1], got {target}")
-    y, s = _checked_binary(labels, scores, split_name)
-    _, tpr, thresholds = _roc(y, s)
-    # roc_curve thresholds are the distinct scores in decreasing order and tpr[i] counts
-    # scores >= thresholds[i], so tied scores move together and the first hit is the highest.
-    first = int(np.argmax(tpr >= target))
-    return float(thresholds[first])
-
-
 def youden_threshold(labels, scores, split_name: str = "validation") -> float:
     """Return the threshold maximising Youden's J = sensitivity + specificity - 1 (highest on ties)."""
-    y, s = _checked_binary(labels, scores, split_name)
-    fpr, tpr, thresholds = _roc(y, s)
+    y, s = checked_binary(labels, scores, split_name)
+    fpr, tpr, thresholds = roc_points(y, s)
     youden = (tpr - fpr)[1:]  # index 0 is the "predict nothing" point at +inf
     # Equal J values can differ in the last bit (2/3 - 0 vs 1 - 1/3), hence the tolerance.
     best = 1 + int(np.argmax(youden >= youden.max() - 1e-12))
@@ -157,7 +145,7 @@ def bootstrap_ci(
     With vectorized=True, statistic takes (labels, scores_matrix) with one resample per
     row and returns one value per row, which is much faster than one call per resample.
     """
-    y, s = _checked_binary(labels, scores, split_name)
+    y, s = checked_binary(labels, scores, split_name)
     y_rs, rows = _stratified_resamples(y, s, n_resamples, seed)
     if vectorized:
         values = np.asarray(statistic(y_rs, rows), dtype=float)
@@ -219,7 +207,7 @@ def f1_rows(threshold: float) -> Callable:
     return statistic
 
 
-def _estimate(value: float, interval: tuple[float, float]) -> dict:
+def estimate(value: float, interval: tuple[float, float]) -> dict:
     """Return the {"value", "ci_low", "ci_high"} record used throughout the report."""
     return {"value": float(value), "ci_low": interval[0], "ci_high": interval[1]}
 
@@ -228,7 +216,7 @@ def _proportion(k: int, n: int, level: float, undefined_note: str) -> dict:
     """Return a Wilson-interval estimate of k/n, or value None with a note when n is 0."""
     if n == 0:
         return {"value": None, "ci_low": None, "ci_high": None, "note": undefined_note}
-    return _estimate(k / n, wilson_ci(k, n, level))
+    return estimate(k / n, wilson_ci(k, n, level))
 
 
 def at_threshold(
@@ -242,8 +230,8 @@ def at_threshold(
     split_name: str = "test",
 ) -> dict:
     """Return confusion counts and every threshold metric with its confidence interval."""
-    y, s = _checked_binary(labels, scores, split_name)
-    tn, fp, fn, tp = _counts(y, s, threshold)
+    y, s = checked_binary(labels, scores, split_name)
+    tn, fp, fn, tp = counts(y, s, threshold)
     predicted = (s >= threshold).astype(int)
     boot = {
         "n_resamples": n_resamples, "seed": seed, "level": level,
@@ -257,11 +245,11 @@ def at_threshold(
         "ppv": _proportion(tp, tp + fp, level, "undefined: no image was predicted Tuberculosis"),
         "npv": _proportion(tn, tn + fn, level, "undefined: no image was predicted Normal"),
         "accuracy": _proportion(tp + tn, y.size, level, "no image"),
-        "balanced_accuracy": _estimate(
+        "balanced_accuracy": estimate(
             skm.balanced_accuracy_score(y, predicted),
             bootstrap_ci(y, s, balanced_accuracy_rows(threshold), **boot),
         ),
-        "f1": _estimate(
+        "f1": estimate(
             skm.f1_score(y, predicted, zero_division=0.0),
             bootstrap_ci(y, s, f1_rows(threshold), **boot),
         ),
@@ -294,70 +282,4 @@ def calibration(labels, scores, n_bins: int = 10, split_name: str = "test") -> d
         "ece": float(ece),
         "n_bins": n_bins,
         "bins": bins,
-    }
-
-
-def _threshold_selection(yv: np.ndarray, sv: np.ndarray, target: float) -> dict:
-    """Choose the operating threshold on validation and describe how."""
-    threshold = threshold_for_sensitivity(yv, sv, target)
-    tn, fp, fn, tp = _counts(yv, sv, threshold)
-    return {
-        "threshold": threshold,
-        "split": "validation",
-        "method": f"highest validation threshold with sensitivity >= {target:g}",
-        "target_sensitivity": float(target),
-        "validation_sensitivity": tp / (tp + fn),
-        "validation_specificity": tn / (tn + fp),
-        "youden_threshold": youden_threshold(yv, sv),
-        "n_validation": int(yv.size),
-        "n_validation_tb": int(yv.sum()),
-    }
-
-
-def evaluate_scores(
-    val_labels,
-    val_scores,
-    test_labels,
-    test_scores,
-    target_sensitivity: float = 0.90,
-    seed: int = 0,
-    n_resamples: int = 2000,
-) -> dict:
-    """Return the full, JSON-serialisable test evaluation; the threshold comes from validation only."""
-    yv, sv = _checked_binary(val_labels, val_scores, "validation")
-    yt, st = _checked_binary(test_labels, test_scores, "test")
-    selection = _threshold_selection(yv, sv, target_sensitivity)
-    threshold = selection["threshold"]
-    boot = {"n_resamples": n_resamples, "seed": seed}
-    chosen = at_threshold(yt, st, threshold, **boot)
-    default = at_threshold(yt, st, 0.5, **boot)
-    auroc = _estimate(skm.roc_auc_score(yt, st), bootstrap_ci(yt, st, auroc_rows, vectorized=True, **boot))
-    average_precision = _estimate(
-        skm.average_precision_score(yt, st),
-        bootstrap_ci(yt, st, average_precision_rows, vectorized=True, **boot),
-    )
-    meets = (
-        chosen["sensitivity"]["value"] >= WHO_TARGET["sensitivity"]
-        and chosen["specificity"]["value"] >= WHO_TARGET["specificity"]
-    )
-    return {
-        "threshold": threshold,
-        "threshold_selection": selection,
-        "n_test": int(yt.size),
-        "n_test_tb": int(yt.sum()),
-        "auroc": auroc,
-        "average_precision": average_precision,
-        "at_threshold": chosen,
-        "at_0.5": default,
-        "confusion_matrix": confusion(yt, st, threshold),
-        "confusion_matrix_0.5": confusion(yt, st, 0.5),
-        "calibration": calibration(yt, st),
-        "who_target": dict(WHO_TARGET),
-        "meets_who_target": bool(meets),
-        "bootstrap": {"n_resamples": n_resamples, "seed": seed, "level": 0.95, "stratified": True},
-        "test_auroc": auroc["value"],
-        "test_accuracy": chosen["accuracy"]["value"],
-        "test_sensitivity": chosen["sensitivity"]["value"],
-        "test_specificity": chosen["specificity"]["value"],
-        "test_f1": chosen["f1"]["value"],
     }

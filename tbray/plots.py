@@ -196,3 +196,21 @@ def val_auroc_per_epoch_png(history: pd.DataFrame, path: Path | str, metric: str
     if groups.ngroups <= 12:  # beyond that the legend hides the lines
         ax.legend(title="trial", fontsize="small")
     return _save(fig, path)
+
+
+def roc_curves_png(curves: dict[str, tuple], path: Path | str,
+                   title: str = "ROC: internal test and external sets") -> Path:
+    """Write one ROC plot with a curve per data set, each with its operating point at the model's threshold.
+
+    `curves` maps a set's name to (labels, scores, threshold).
+    """
+    fig, ax = _figure(figsize=(6, 5))
+    for i, (name, (labels, scores, threshold)) in enumerate(curves.items()):
+        shown = RocCurveDisplay.from_predictions(labels, scores, pos_label=1, name=name, ax=ax,
+                                                 plot_chance_level=i == len(curves) - 1)
+        point = _operating_point(labels, scores, threshold)
+        ax.plot(1 - point["specificity"], point["sensitivity"], marker="o", markersize=8, linestyle="none",
+                color=shown.line_.get_color(), markeredgecolor="black")
+    ax.set(title=title, xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)")
+    ax.legend(loc="lower right", title="dots: the model's threshold", fontsize="small")
+    return _save(fig, path)

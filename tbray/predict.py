@@ -1,4 +1,4 @@
-"""Scoring new images with a saved best model, at the operating threshold saved with it."""
+"""Scoring new images with a saved model, at the operating threshold saved with it."""
 
 from __future__ import annotations
 
@@ -6,25 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from tbray import data
-from tbray import model as tbmodel
+from tbray import data, inference
 from tbray.errors import UserError
-from tbray.train import ArrayDataset, collate_batch, predict as predict_scores
-
-
-def load(path: Path) -> dict:
-    """A best_model.pt written by a search (weights, model name, image size, mean/std, threshold)."""
-    if not Path(path).is_file():
-        raise UserError(f"{path}: model file not found (a search writes results/<name>/best_model.pt)")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a bad file
-        raise UserError(f"{path}: not a tbray model file ({type(exc).__name__})")
-    if not isinstance(saved, dict) or "threshold" not in saved or "model" not in saved:
-        raise UserError(f"{path}: not a tbray model file (no weights or threshold in it)")
-    return saved
 
 
 def images_under(paths: list[Path]) -> list[Path]:
@@ -40,12 +24,21 @@ def images_under(paths: list[Path]) -> list[Path]:
     return found
 
 
+def threshold_origin(saved: dict) -> str:
+    """Where the saved threshold came from, in words, for the user to see before trusting the calls."""
+    if cal := saved.get("calibration"):
+        return (f"site calibration on {cal['site_data']} ({cal['n']} images, {cal['n_tb']} TB, {cal['date']}; "
+                f"there sensitivity {cal['sensitivity']:.3f}, specificity {cal['specificity']:.3f})")
+    if src := saved.get("threshold_source"):
+        return (f"the search's {src['kind']} ({src['n']} images, {src['n_tb']} TB; target sensitivity "
+                f"{src['target_sensitivity']:.2f}); not calibrated for this site: see tune/calibrate.py")
+    return "the model file (it has no record of how the threshold was chosen)"
+
+
 def run(model_file: Path, paths: list[Path], threshold: float | None = None) -> pd.DataFrame:
     """P(TB) and the call (Tuberculosis when P(TB) >= threshold) for each image; unreadable ones say why."""
-    saved = load(model_file)
+    saved = inference.load_model_file(model_file)
     threshold = saved["threshold"] if threshold is None else threshold
-    net = tbmodel.create(saved["model_name"])
-    net.load_state_dict(saved["model"])
     rows, good, images = [], [], []
     for f in images_under(paths):
         try:
@@ -54,9 +47,7 @@ def run(model_file: Path, paths: list[Path], threshold: float | None = None) -> 
         except Exception as exc:  # reported per file, the others are still scored
             rows.append({"path": str(f), "p_tb": None, "prediction": None, "error": str(exc).splitlines()[0]})
     if images:
-        loader = torch.utils.data.DataLoader(ArrayDataset(np.stack(images), np.zeros(len(images), dtype=np.int64)),
-                                             batch_size=64, collate_fn=collate_batch)
-        scores = predict_scores(net, loader, torch.device("cpu"), saved["mean"], saved["std"])[0]
+        scores = inference.score_images(saved, np.stack(images), batch_size=64)
         rows += [{"path": str(f), "p_tb": float(s), "prediction": "Tuberculosis" if s >= threshold else "Normal",
                   "error": None} for f, s in zip(good, scores)]
     return pd.DataFrame(rows, columns=["path", "p_tb", "prediction", "error"]).assign(threshold=threshold)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import optuna
 import pandas as pd
 from sklearn.metrics import classification_report
 
-from tbray import CLASS_NAMES, plots
+from tbray import CLASS_NAMES, external_report, plots
 from tbray.duplicates import NEAR_DUPLICATE_MAX_DISTANCE
 from tbray.metrics import epoch_metrics
 
@@ -180,7 +181,7 @@ def _write_plots(run_dir: Path, evaluation: dict, test_labels, test_scores,
 
 
 def build(*, evaluation: dict, val_labels, val_scores, trials: pd.DataFrame, history: pd.DataFrame,
-          best: dict, config: dict, data_summary: dict) -> dict:
+          best: dict, config: dict, data_summary: dict, external: dict | None = None) -> dict:
     """Return the JSON-safe report dict written to report.json."""
     threshold = evaluation["threshold"]
     return _json_safe({
@@ -193,12 +194,13 @@ def build(*, evaluation: dict, val_labels, val_scores, trials: pd.DataFrame, his
         "search": search_summary(trials),
         "config": config,
         "data_summary": data_summary,
+        "external": external or {},
     })
 
 
 def write(run_dir: Path, *, evaluation: dict, val_labels, val_scores, test_labels, test_scores,
           trials: pd.DataFrame, history: pd.DataFrame, study: optuna.Study | None, best: dict,
-          config: dict, data_summary: dict) -> dict:
+          config: dict, data_summary: dict, external: dict | None = None) -> dict:
     """Write report.json, report.md, classification_report.txt and all plots; return the report."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -206,11 +208,19 @@ def write(run_dir: Path, *, evaluation: dict, val_labels, val_scores, test_label
     (run_dir / "classification_report.txt").write_text(
         classification_text(test_labels, test_scores, evaluation), encoding="utf-8")
     report = build(evaluation=evaluation, val_labels=val_labels, val_scores=val_scores, trials=trials,
-                   history=history, best=best, config=config, data_summary=data_summary)
+                   history=history, best=best, config=config, data_summary=data_summary, external=external)
+    # report.md first, report.json last and atomically: a report.json means the run finished.
+    _write_atomic(run_dir / "report.md", markdown(report))
     # allow_nan=False: a NaN that slipped through must fail loudly, not write invalid JSON.
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
-    (run_dir / "report.md").write_text(markdown(report), encoding="utf-8")
+    _write_atomic(run_dir / "report.json", json.dumps(report, indent=2, allow_nan=False))
     return report
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write then rename, so a reader never sees half a report."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- report.md
@@ -234,18 +244,23 @@ def _headline_section(ev: dict) -> list[str]:
 
 
 def _threshold_section(ev: dict) -> list[str]:
-    """Return how the operating threshold was chosen."""
+    """Return how the operating threshold was chosen, what it gave on validation, and any warning."""
     sel = ev["threshold_selection"]
-    return [
+    sens = f"{_fmt(sel['sensitivity'])} [{_fmt(sel['sensitivity_ci'][0])}, {_fmt(sel['sensitivity_ci'][1])}]"
+    spec = f"{_fmt(sel['specificity'])} [{_fmt(sel['specificity_ci'][0])}, {_fmt(sel['specificity_ci'][1])}]"
+    lines = [
         "## Operating threshold", "",
-        f"An image is called Tuberculosis when P(TB) >= **{ev['threshold']:.4f}**. This is the "
-        f"highest threshold reaching sensitivity {sel['target_sensitivity']:.2f} on the **validation** split "
-        f"({sel['n_validation']} images, {sel['n_validation_tb']} TB); there it gives sensitivity "
-        f"{_fmt(sel['validation_sensitivity'])} and specificity {_fmt(sel['validation_specificity'])}. "
-        "The test split played no part in choosing it.", "",
+        f"An image is called Tuberculosis when P(TB) >= **{ev['threshold']:.4f}**. Rule: among the thresholds "
+        f"that reach sensitivity {sel['target_sensitivity']:.2f} on the **validation** split ({sel['n']} images, "
+        f"{sel['n_tb']} TB), the one with the best specificity (ties: the higher sensitivity), placed in the "
+        f"middle of the score gap on the logit scale. On validation it gives sensitivity {sens} and specificity "
+        f"{spec} (Wilson 95% intervals). The test split played no part in choosing it.", "",
         f"For comparison, the Youden threshold (maximum sensitivity + specificity - 1) on validation is "
         f"{sel['youden_threshold']:.4f}; it is not used.", "",
     ]
+    if sel.get("warning"):
+        lines += [f"> **WARNING:** {sel['warning']}.", ""]
+    return lines
 
 
 def _who_section(ev: dict) -> list[str]:
@@ -383,7 +398,9 @@ def markdown(report: dict) -> str:
     if report["demo"]:
         lines += [f"> **{DEMO_BANNER}**", ""]
     sections = (
-        _headline_section(ev), _threshold_section(ev), _who_section(ev), _confusion_section(ev),
+        _headline_section(ev), _threshold_section(ev), _who_section(ev),
+        external_report.section(report.get("external") or {}, external_report.internal_summary(ev)),
+        _confusion_section(ev),
         _calibration_section(ev), _best_section(report["best"]), _search_section(report["search"]),
         _data_section(report["data_summary"]), _duplicates_section(report["data_summary"]),
         _plots_section(), _limits_section(report["demo"]),
@@ -412,6 +429,9 @@ def summary_table(report: dict) -> str:
         ("WHO target met", f"{_fmt(ev['meets_who_target'])} (sensitivity >= {target['sensitivity']:.2f} "
                            f"and specificity >= {target['specificity']:.2f})"),
     ]
+    for name, ext in (report.get("external") or {}).items():
+        rows.append((f"External {name}", f"AUROC {ext['auroc']:.3f}, sensitivity {_fmt(ext['sensitivity'])}, "
+                                         f"specificity {_fmt(ext['specificity'])} (n={ext['n']}, {ext['n_tb']} TB)"))
     width = max(len(key) for key, _ in rows)
     lines = [f"{key:<{width}} : {text}" for key, text in rows]
     if report.get("demo"):

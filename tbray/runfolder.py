@@ -77,6 +77,7 @@ def load_config(run_dir: Path) -> SearchConfig:
     saved["space"] = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["space"].items()})
     for key in ("data", "split_file", "results", "weights"):
         saved[key] = Path(saved[key]) if saved[key] is not None else None
+    saved["external"] = {name: Path(folder) for name, folder in saved.get("external", {}).items()}
     names = {f.name for f in dataclasses.fields(SearchConfig)}
     return SearchConfig(**{k: v for k, v in saved.items() if k in names})
 

@@ -19,7 +19,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tbray import cache, cluster, evaluate, report, runfolder, trials
+from tbray import cache, cluster, evaluate, external, report, runfolder, trials
 from tbray import model as tbmodel
 from tbray.config import SearchConfig, TrainSettings
 from tbray.driver import trial
@@ -29,14 +29,17 @@ from tbray.errors import SearchFailed, UserError
 def make_tuner(cfg: SearchConfig, trainable, storage: str, max_concurrent: int) -> tune.Tuner:
     """Optuna's TPE proposes, ASHA stops weak trials at epoch rungs, the study lives in SQLite."""
     study = optuna.storages.RDBStorage(f"sqlite:///{runfolder.study_path(cfg)}")
-    searcher = OptunaSearch(metric=cfg.metric, mode=cfg.mode, storage=study, study_name="tbray", seed=cfg.seed)
+    # Optuna, ASHA and the best-trial choice all see the trial's best epoch so far (best_<metric>), so the
+    # value Optuna learns from is the value the final choice ranks by, not whatever the last epoch gave.
+    metric = f"best_{cfg.metric}"
+    searcher = OptunaSearch(metric=metric, mode=cfg.mode, storage=study, study_name="tbray", seed=cfg.seed)
     max_t = max(cfg.space.epochs)
     scheduler = ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(cfg.grace_period, max_t),
                               reduction_factor=cfg.reduction_factor)
     return tune.Tuner(
         trainable,
         param_space=cfg.space.param_space(),
-        tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, search_alg=searcher, scheduler=scheduler,
+        tune_config=tune.TuneConfig(metric=metric, mode=cfg.mode, search_alg=searcher, scheduler=scheduler,
                                     num_samples=cfg.num_samples, max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=1),
     )
@@ -49,7 +52,7 @@ def train_settings(cfg: SearchConfig, plan: cluster.Plan) -> TrainSettings:
         model=cfg.model, mean=tuple(stats["mean"]), std=tuple(stats["std"]),
         num_workers=plan.workers_per_trial, use_gpu=plan.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
         worker_resources=tuple(sorted(cfg.worker_resources.items())),
-        seed=cfg.seed, fail_at_epoch=cfg.fail_at_epoch, fail_batch_size=cfg.fail_batch_size,
+        seed=cfg.seed, metric=cfg.metric, mode=cfg.mode, fail_at_epoch=cfg.fail_at_epoch, fail_batch_size=cfg.fail_batch_size,
     )
 
 
@@ -62,7 +65,10 @@ def run(cfg: SearchConfig) -> int:
         return 0
     tbmodel.check_name(cfg.model)
     state, source = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)  # before Ray: fail fast
+    # External sets are checked before anything is written, so a wrong folder leaves no run folder behind.
+    found_external = {name: external.discover(f"--external {name}", folder, cfg.min_image_size) for name, folder in cfg.external.items()}
     prepared = runfolder.prepare(cfg)  # data checked, split fixed, run folder written
+    externals = [external.without_copies(name, found, prepared.split) for name, found in found_external.items()]
     n_train = int((prepared.split["split"] == "train").sum())
     if max(cfg.space.batch_sizes) > n_train:
         raise UserError(f"batch size {max(cfg.space.batch_sizes)} is larger than the {n_train} training images; "
@@ -106,6 +112,6 @@ def run(cfg: SearchConfig) -> int:
     if best is None:
         first = table["error"].dropna() if "error" in table else []
         raise SearchFailed(f"every trial failed; first error: {first.iloc[0] if len(first) else 'unknown'}")
-    result = evaluate.run(cfg, prepared, arrays, best, plan, table, history)
+    result = evaluate.run(cfg, prepared, arrays, best, plan, table, history, externals)
     print(report.summary_table(result))
     return 0

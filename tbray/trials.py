@@ -11,7 +11,9 @@ from tbray.config import SearchConfig
 
 PARAMS = ["epochs", "batch_size", "image_size", "lr", "weight_decay"]
 HISTORY = ["trial_id", "epoch", "train_loss", "val_loss", "val_accuracy", "val_auroc", "val_sensitivity",
-           "val_specificity", "val_f1", "startup_s", "epoch_s", "checkpoint_path", "time_total_s", "node_id"]
+           "val_specificity", "val_f1", "startup_s", "epoch_s", "checkpoint_path", "time_total_s", "node_id",
+           "best_val_loss", "best_val_auroc", "best_val_f1", "best_val_accuracy", "best_val_sensitivity",
+           "best_val_specificity"]  # best_<metric>: the trial's best epoch so far, as Optuna saw it
 UNFINISHED = {"PENDING", "RUNNING", "PAUSED"}
 
 

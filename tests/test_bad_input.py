@@ -90,6 +90,12 @@ CASES = {
                                      lambda p: "--target-sensitivity must be in (0, 1], got 2.0"),
     "data_and_demo": (lambda p: ["--data", p["good"], "--demo", *TINY, *NOWHERE],
                       lambda p: "--data and --demo exclude each other"),
+    "external_not_a_data_set": (lambda p: ["--data", p["good"], *TINY, "--external", f"site={p['junk']}", *NOWHERE],
+                                lambda p: f"--external site: {p['junk']}: not a TB chest X-ray data set"),
+    "external_one_class": (lambda p: ["--data", p["good"], *TINY, "--external", f"site={p['one']}", *NOWHERE],
+                           lambda p: f"--external site: {p['one']}: only one class present"),
+    "external_empty_class": (lambda p: ["--data", p["good"], *TINY, "--external", f"x={p['emptyclass']}", *NOWHERE],
+                             lambda p: f"--external x: {p['emptyclass'] / 'Tuberculosis'}: class folder is empty"),
     "resume_without_name": (lambda p: ["--resume", "--results", p["results"], *NOWHERE],
                             lambda p: "--resume needs --name NAME"),
     "resume_unknown_name": (lambda p: ["--resume", "--name", "ghost", "--results", p["results"], *NOWHERE],
@@ -106,6 +112,7 @@ CASES = {
 ARGPARSE_CASES = {
     "epochs_zero": (["--epochs", "0"], "argument --epochs: expected positive integers, got '0'"),
     "epochs_not_numbers": (["--epochs", "a,b"], "argument --epochs: expected comma-separated integers, got 'a,b'"),
+    "external_without_name": (["--external", "folder"], "argument --external: expected NAME=PATH, got 'folder'"),
 }
 
 

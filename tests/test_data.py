@@ -322,7 +322,7 @@ def test_split_is_deterministic_and_disjoint(demo300, tmp_path):
     assert a.read_bytes() == b.read_bytes()
     assert a.read_bytes() != c.read_bytes()
     saved = pd.read_csv(a)
-    assert list(saved.columns) == data.SPLIT_COLUMNS
+    assert list(saved.columns) == data.SPLIT_COLUMNS + ["phash"]
     assert saved["path"].is_unique and len(saved) == 300
     assert set(saved["split"]) == {"train", "val", "test"}
     parts = {s: set(saved.loc[saved["split"] == s, "path"]) for s in data.FRACTIONS}

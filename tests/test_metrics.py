@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from tbray import metrics
+from tbray import assess, metrics, threshold
 
 # Five Normal then five TB images, perfectly separated.
 SEPARATED_LABELS = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
@@ -44,44 +44,6 @@ def test_epoch_metrics_counts_at_threshold():
     assert result["f1"] == pytest.approx(2 * 3 / (2 * 3 + 0 + 2))
 
 
-@pytest.mark.parametrize("target, expected", [(0.9, 0.6), (1.0, 0.6), (0.8, 0.7), (0.6, 0.8), (0.2, 0.95)])
-def test_threshold_for_sensitivity_separated(target, expected):
-    threshold = metrics.threshold_for_sensitivity(SEPARATED_LABELS, SEPARATED_SCORES, target)
-    assert threshold == expected
-    assert threshold >= min(s for s, y in zip(SEPARATED_SCORES, SEPARATED_LABELS) if y == 1)
-    # Reaches the target, and no higher score would.
-    assert _sensitivity(SEPARATED_LABELS, SEPARATED_SCORES, threshold) >= target
-    higher = [s for s in SEPARATED_SCORES if s > threshold]
-    assert all(_sensitivity(SEPARATED_LABELS, SEPARATED_SCORES, h) < target for h in higher)
-
-
-def test_threshold_for_sensitivity_exactly_reaches_target():
-    # Ten TB images: target 0.9 needs exactly 9 of them at or above the threshold.
-    labels = [1] * 10 + [0] * 10
-    scores = list(np.linspace(0.5, 0.95, 10)) + list(np.linspace(0.0, 0.45, 10))
-    threshold = metrics.threshold_for_sensitivity(labels, scores, 0.9)
-    assert threshold == pytest.approx(scores[1])
-    assert _sensitivity(labels, scores, threshold) == pytest.approx(0.9)
-
-
-def test_threshold_with_ties_across_classes():
-    # Two Normal and two TB images share the score 0.5, so they can only be called together.
-    labels = [0, 0, 1, 1, 1, 0]
-    scores = [0.5, 0.5, 0.5, 0.5, 0.8, 0.2]
-    assert metrics.threshold_for_sensitivity(labels, scores, 0.3) == 0.8
-    # 2/3 sensitivity is unreachable: lowering to 0.5 jumps from 1/3 straight to 3/3.
-    assert metrics.threshold_for_sensitivity(labels, scores, 0.6) == 0.5
-    assert metrics.threshold_for_sensitivity(labels, scores, 1.0) == 0.5
-    assert metrics.epoch_metrics(labels, scores)["auroc"] == pytest.approx(skm.roc_auc_score(labels, scores))
-
-
-def test_threshold_is_highest_reaching_target_on_random_tied_scores():
-    labels, scores = _overlapping(n=300, decimals=1)
-    threshold = metrics.threshold_for_sensitivity(labels, scores, 0.9)
-    assert _sensitivity(labels, scores, threshold) >= 0.9
-    assert all(_sensitivity(labels, scores, s) < 0.9 for s in np.unique(scores) if s > threshold)
-
-
 def test_youden_threshold():
     # J at 0.6 is 1.0 (perfect split); every other cut is worse.
     assert metrics.youden_threshold(SEPARATED_LABELS, SEPARATED_SCORES) == 0.6
@@ -92,11 +54,11 @@ def test_youden_threshold():
 
 def test_one_class_test_split_raises_clear_error():
     with pytest.raises(metrics.MetricsError, match="the test split has no Tuberculosis image, so sensitivity"):
-        metrics.evaluate_scores(SEPARATED_LABELS, SEPARATED_SCORES, [0, 0, 0], [0.1, 0.2, 0.3])
+        assess.test(SEPARATED_LABELS, SEPARATED_SCORES, [0, 0, 0], [0.1, 0.2, 0.3])
     with pytest.raises(metrics.MetricsError, match="validation split has no Normal image"):
         metrics.epoch_metrics([1, 1], [0.4, 0.9])
     with pytest.raises(metrics.MetricsError, match="no Tuberculosis image"):
-        metrics.threshold_for_sensitivity([0, 0], [0.4, 0.9])
+        threshold.operating_threshold([0, 0], [0.4, 0.9])
     assert issubclass(metrics.MetricsError, ValueError)
 
 
@@ -212,20 +174,16 @@ def test_at_threshold_intervals():
 def test_evaluate_scores_uses_validation_threshold_and_is_json():
     val_labels, val_scores = _overlapping(n=300, seed=2)
     test_labels, test_scores = _overlapping(n=200, seed=3)
-    result = metrics.evaluate_scores(val_labels, val_scores, test_labels, test_scores, n_resamples=200)
+    result = assess.test(val_labels, val_scores, test_labels, test_scores, n_resamples=200)
     text = json.dumps(result, allow_nan=False)
     assert json.loads(text) == result
-    assert result["threshold"] == metrics.threshold_for_sensitivity(val_labels, val_scores, 0.9)
-    assert result["threshold"] != metrics.threshold_for_sensitivity(test_labels, test_scores, 0.9)
+    assert result["threshold"] == threshold.operating_threshold(val_labels, val_scores, 0.9)
+    assert result["threshold"] != threshold.operating_threshold(test_labels, test_scores, 0.9)
     selection = result["threshold_selection"]
-    assert selection["validation_sensitivity"] >= 0.9
+    assert selection["sensitivity"] >= 0.9
     assert selection["youden_threshold"] == metrics.youden_threshold(val_labels, val_scores)
     chosen = result["at_threshold"]
-    assert result["test_sensitivity"] == chosen["sensitivity"]["value"]
-    assert result["test_specificity"] == chosen["specificity"]["value"]
-    assert result["test_accuracy"] == chosen["accuracy"]["value"]
-    assert result["test_f1"] == chosen["f1"]["value"]
-    assert result["test_auroc"] == pytest.approx(skm.roc_auc_score(test_labels, test_scores))
+    assert result["auroc"]["value"] == pytest.approx(skm.roc_auc_score(test_labels, test_scores))
     assert result["at_0.5"]["threshold"] == 0.5
     assert result["confusion_matrix"] == [[chosen["tn"], chosen["fp"]], [chosen["fn"], chosen["tp"]]]
     assert sum(map(sum, result["confusion_matrix_0.5"])) == result["n_test"] == 200
@@ -235,7 +193,6 @@ def test_evaluate_scores_uses_validation_threshold_and_is_json():
 
 
 def test_meets_who_target_on_well_separated_scores():
-    result = metrics.evaluate_scores(
-        SEPARATED_LABELS, SEPARATED_SCORES, SEPARATED_LABELS, SEPARATED_SCORES, n_resamples=50)
+    result = assess.test(SEPARATED_LABELS, SEPARATED_SCORES, SEPARATED_LABELS, SEPARATED_SCORES, n_resamples=50)
     assert result["meets_who_target"] is True
     assert result["auroc"] == {"value": 1.0, "ci_low": 1.0, "ci_high": 1.0}

@@ -7,7 +7,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from tbray import metrics, plots, report
+from tbray import assess, metrics, plots, report
 
 PNGS = [
     "confusion_matrix.png", "confusion_matrix_0.5.png", "roc.png", "pr.png", "reliability.png",
@@ -63,7 +63,7 @@ def _write(run_dir, *, demo, duplicates):
     val_labels, val_scores = _scores(200, seed=1)
     test_labels, test_scores = _scores(160, seed=2)
     trials, history = _trials_and_history()
-    evaluation = metrics.evaluate_scores(val_labels, val_scores, test_labels, test_scores, n_resamples=200)
+    evaluation = assess.test(val_labels, val_scores, test_labels, test_scores, n_resamples=200)
     return report.write(
         run_dir, evaluation=evaluation, val_labels=val_labels, val_scores=val_scores,
         test_labels=test_labels, test_scores=test_scores, trials=trials, history=history, study=_study(),
@@ -158,9 +158,18 @@ def test_clean_real_run_has_no_banner_and_says_none_found(demo_run):
     text = report.markdown(clean)
     assert "SYNTHETIC" not in text and "SYNTHETIC" not in report.summary_table(clean)
     assert "None found. Method: exact duplicates share the sha256" in text
-    assert "WARNING" not in text
+    assert "sit in different splits" not in text  # no leakage warning
     unchecked = report.markdown({**clean, "data_summary": {"counts": {}}})
     assert "**Not checked**" in unchecked and "None found" not in unchecked
+
+
+def test_threshold_warning_reaches_the_page(demo_run):
+    _, result = demo_run
+    selection = result["evaluation"]["threshold_selection"]
+    assert (selection["warning"] is None) == (selection["sensitivity_ci"][0] >= selection["target_sensitivity"])
+    warned = {**selection, "warning": "the validation split has 5 TB images: ..."}
+    page = report.markdown({**result, "evaluation": {**result["evaluation"], "threshold_selection": warned}})
+    assert "> **WARNING:** the validation split has 5 TB images" in page
 
 
 @pytest.mark.parametrize("study", [None, "one trial", "constant params"])

@@ -6,39 +6,58 @@ import json
 import subprocess
 import sys
 
+import hashlib
+
 import numpy as np
 import pandas as pd
+import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from conftest import REPO, TINY, run_cli
+from tbray import demo, threshold
 
 OUTPUTS = ["split.csv", "trials.csv", "report.json", "classification_report.txt", "confusion_matrix.png",
            "best_model.pt", "optuna.db", "skipped.csv", "report.md", "roc.png", "pr.png", "reliability.png",
            "optuna_history.png", "optuna_importance.png", "val_auroc_per_epoch.png"]
 
 
-def test_search_end_to_end(ray_address, tiny_data, tmp_path):
+@pytest.fixture(scope="module")
+def e2e(ray_address, tiny_data, tmp_path_factory):
+    """One tiny search with an external set (another synthetic site), shared by the tests below."""
+    tmp_path = tmp_path_factory.mktemp("e2e")
+    other = demo.make(tmp_path / "other" / "TB_Chest_Radiography_Database", n_images=48, size=64, seed=3)
     done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "e2e", "--num-samples", "2",
-                   "--address", ray_address, *TINY)
+                   "--external", f"other={other}", "--address", ray_address, *TINY)
     assert done.returncode == 0, done.stderr[-3000:]
+    return tmp_path, other, done
+
+
+def _cli(script: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tune" / script), *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_search_end_to_end(e2e, tiny_data):
+    tmp_path, _, done = e2e
     run = tmp_path / "e2e"
     for name in OUTPUTS:
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
 
     split = pd.read_csv(run / "split.csv")
-    assert list(split.columns) == ["path", "label", "split", "sha256"]
+    assert list(split.columns) == ["path", "label", "split", "sha256", "phash"]
     assert len(split) == 72 and set(split["split"]) == {"train", "val", "test"}
 
     trials = pd.read_csv(run / "trials.csv")
     assert len(trials) == 2
     assert set(trials["status"]) <= {"completed", "stopped_early"}
-    assert trials["best_val_auroc"].between(0, 1).all()
+    assert (trials["best_val_loss"] > 0).all() and trials["last_val_auroc"].between(0, 1).all()
     assert {"epochs", "batch_size", "image_size", "lr", "checkpoint_path"} <= set(trials.columns)
 
     report = json.loads((run / "report.json").read_text())
     test_rows = int((split["split"] == "test").sum())
     assert report["evaluation"]["n_test"] == test_rows
-    assert 0 <= report["evaluation"]["test_auroc"] <= 1
+    assert 0 <= report["evaluation"]["auroc"]["value"] <= 1
     assert 0 < report["evaluation"]["threshold"] < 1
     text = (run / "classification_report.txt").read_text()
     assert "Normal" in text and "Tuberculosis" in text
@@ -69,3 +88,63 @@ def test_search_end_to_end(ray_address, tiny_data, tmp_path):
     assert np.allclose(pred["p_tb"], scores["score"], atol=1e-5)
     called_tb = pred["p_tb"] >= best["threshold"]
     assert (pred["prediction"] == called_tb.map({True: "Tuberculosis", False: "Normal"})).all()
+
+
+def test_external_set_is_scored_once_and_reported(e2e):
+    tmp_path, other, done = e2e
+    run = tmp_path / "e2e"
+    report = json.loads((run / "report.json").read_text())
+    ext = report["external"]["other"]
+    scores = pd.read_csv(run / "external_scores.csv")
+    assert ext["n"] == len(scores) == 48 and ext["n_tb"] == int(scores["label"].sum())
+    assert ext["auroc"] == pytest.approx(roc_auc_score(scores["label"], scores["score"]))
+    assert ext["auroc_ci"][0] <= ext["auroc"] <= ext["auroc_ci"][1]
+    called = scores["score"] >= report["threshold"]
+    assert ext["sensitivity"] == pytest.approx(called[scores["label"] == 1].mean())
+    assert ext["specificity"] == pytest.approx((~called[scores["label"] == 0]).mean())
+    for key in ("sensitivity_ci", "specificity_ci", "ppv", "npv", "brier", "local_threshold", "average_precision_ci"):
+        assert key in ext, key
+    assert ext["local_threshold"]["threshold"] == pytest.approx(
+        threshold.operating_threshold(scores["label"], scores["score"], 0.9))
+    page = (run / "report.md").read_text()
+    assert "## External validation" in page and "**other** (48 images" in page and "(roc_external.png)" in page
+    assert (run / "roc_external.png").stat().st_size > 0
+    assert "External other" in done.stdout
+
+
+def test_evaluate_later_gives_the_numbers_the_search_gave(e2e):
+    tmp_path, other, _ = e2e
+    run = tmp_path / "e2e"
+    done = _cli("evaluate.py", run / "best_model.pt", other, "--name", "later")
+    assert done.returncode == 0, done.stderr[-2000:]
+    later = json.loads((run / "external-later.json").read_text())
+    during = json.loads((run / "report.json").read_text())["external"]["other"]
+    for key in ("n", "n_tb", "auroc", "sensitivity", "specificity", "brier"):
+        assert later[key] == pytest.approx(during[key], abs=1e-6), key
+    assert "# External evaluation: later" in (run / "external-later.md").read_text()
+
+
+def test_calibration_writes_a_new_model_and_predict_says_where_its_threshold_came_from(e2e):
+    tmp_path, other, _ = e2e
+    model = tmp_path / "e2e" / "best_model.pt"
+    before = hashlib.sha256(model.read_bytes()).hexdigest()
+    done = _cli("calibrate.py", model, other, "--target-sensitivity", "0.9", "--out", tmp_path / "site.pt")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == before  # the original is kept unchanged
+    site = torch.load(tmp_path / "site.pt", weights_only=True)
+    record = site["calibration"]
+    scores = pd.read_csv(tmp_path / "e2e" / "external_scores.csv")
+    assert site["threshold"] == record["threshold"] == pytest.approx(
+        threshold.operating_threshold(scores["label"], scores["score"], 0.9), abs=1e-6)
+    assert record["n"] == 48 and len(record["site_data_sha256"]) == 64 and record["sensitivity"] >= 0.9
+    assert record["previous_threshold"] == torch.load(model, weights_only=True)["threshold"]
+
+    image = next((other / "Tuberculosis").iterdir())
+    calibrated = _cli("predict.py", tmp_path / "site.pt", image)
+    assert calibrated.returncode == 0 and f"threshold {record['threshold']:.4f} from site calibration on" in calibrated.stderr
+    original = _cli("predict.py", model, image)
+    assert original.returncode == 0 and "from the search's validation split" in original.stderr
+
+    same = _cli("calibrate.py", model, other, "--out", model)
+    assert same.returncode == 2 and same.stderr.strip().splitlines() == [
+        f"tbray: error: {model}: --out must differ from the model file; the original is kept unchanged"]

@@ -18,8 +18,12 @@ def main() -> int:
     p.add_argument("--out", type=Path, help="write a CSV here (default: print it)")
     args = p.parse_args()
     try:
-        from tbray import predict
+        from tbray import inference, predict
 
+        saved = inference.load_model_file(args.model)
+        origin = "--threshold" if args.threshold is not None else predict.threshold_origin(saved)
+        threshold = saved["threshold"] if args.threshold is None else args.threshold
+        print(f"tbray: threshold {threshold:.4f} from {origin}", file=sys.stderr)
         table = predict.run(args.model, args.images, args.threshold)
     except UserError as exc:
         print(f"tbray: error: {exc}", file=sys.stderr)

@@ -1,0 +1,115 @@
+"""After the search: a saved model meets a labelled set from a site, to be measured there or calibrated for it.
+
+`evaluate` writes `external-<NAME>.json` and `.md` beside the model, with the numbers an external set
+gets in the search. `calibrate` chooses a new operating threshold on the site's own images with the
+search's rule (`tbray.threshold`) and writes a new model file carrying it and a calibration record; the
+original file is never changed. Both leave out copies of the search's own images, found through the
+perceptual hashes in the run folder's split.csv.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from tbray import external, external_report, inference, metrics
+from tbray import threshold as thresholds
+from tbray.errors import UserError
+
+
+def search_split(model_file: Path) -> pd.DataFrame | None:
+    """The split of the search that made the model (split.csv beside it, with hashes), or None."""
+    csv = Path(model_file).parent / "split.csv"
+    if not csv.is_file():
+        return None
+    split = pd.read_csv(csv, dtype=str)
+    return split if {"sha256", "phash", "split"} <= set(split.columns) else None
+
+
+def load(name: str, folder: Path, model_file: Path, min_side: int = 64) -> external.ExternalSet:
+    """A site's labelled folder, checked as --data is, with the search's own images left out."""
+    found = external.discover("site data", folder, min_side)
+    internal = search_split(model_file)
+    if internal is None:
+        print(f"tbray: WARNING no split.csv with image hashes beside {model_file}: copies of the images the model "
+              "was trained on cannot be left out")
+    return external.without_copies(name, found, internal)
+
+
+def scored(ext: external.ExternalSet, saved: dict, target: float) -> tuple[dict, pd.DataFrame]:
+    """The set scored once (decoded in a temporary cache that goes with the call)."""
+    with tempfile.TemporaryDirectory(prefix="tbray-site-") as cache_dir:
+        return external.evaluate(ext, saved, target, Path(cache_dir))
+
+
+def evaluate(model_file: Path, folder: Path, name: str, target: float | None = None) -> tuple[Path, Path]:
+    """Score a labelled set that arrived after the search; write external-<NAME>.json and .md beside the model."""
+    saved = inference.load_model_file(model_file)
+    target = target or (saved.get("threshold_source") or {}).get("target_sensitivity", metrics.WHO_TARGET["sensitivity"])
+    record, table = scored(load(name, folder, model_file), saved, target)
+    report_file = Path(model_file).parent / "report.json"
+    internal = None
+    if report_file.is_file():
+        internal = external_report.internal_summary(json.loads(report_file.read_text())["evaluation"])
+    out = Path(model_file).parent / f"external-{name}"
+    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+    md_path.write_text(external_report.page(name, record, internal, str(model_file)), encoding="utf-8")
+    json_path.write_text(json.dumps({"name": name, "model": str(model_file), **record}, indent=2, default=str))
+    table.to_csv(out.with_name(f"external-{name}_scores.csv"), index=False)
+    return json_path, md_path
+
+
+def data_hash(ext: external.ExternalSet) -> str:
+    """One sha256 for exactly the images and labels a calibration used."""
+    rows = ext.files.sort_values("path")[["path", "label", "sha256"]].astype(str)
+    return hashlib.sha256("\n".join(rows.agg(",".join, axis=1)).encode()).hexdigest()
+
+
+def calibrate(model_file: Path, folder: Path, target: float, out: Path) -> dict:
+    """A copy of the model with a threshold chosen on the site's own labelled images; returns the record."""
+    if Path(out).resolve() == Path(model_file).resolve():
+        raise UserError(f"{out}: --out must differ from the model file; the original is kept unchanged")
+    saved = inference.load_model_file(model_file)
+    ext = load(Path(folder).name or "site", folder, model_file)
+    record, table = scored(ext, saved, target)
+    try:
+        chosen = thresholds.selection(table["label"], table["score"], target, split_name="site")
+    except metrics.MetricsError as exc:
+        raise UserError(f"{folder}: {exc}")
+    calibration = {
+        "site_data": str(Path(folder).resolve()), "site_data_sha256": data_hash(ext),
+        "date": datetime.date.today().isoformat(), "n": chosen["n"], "n_tb": chosen["n_tb"],
+        "left_out_as_copies": int(len(ext.overlap)), "previous_threshold": float(saved["threshold"]),
+        **{k: chosen[k] for k in ("threshold", "method", "target_sensitivity", "sensitivity", "sensitivity_ci",
+                                  "specificity", "specificity_ci", "warning")},
+        "at_previous_threshold": {k: record[k] for k in ("sensitivity", "sensitivity_ci", "specificity",
+                                                         "specificity_ci")},
+    }
+    inference.save_atomic({**saved, "threshold": float(chosen["threshold"]), "calibration": calibration}, out)
+    return calibration
+
+
+def calibration_text(cal: dict) -> str:
+    """What a calibration did, for the console."""
+    before = cal["at_previous_threshold"]
+    lines = [
+        f"site data        : {cal['site_data']} ({cal['n']} images, {cal['n_tb']} TB; sha256 {cal['site_data_sha256'][:16]}...)",
+        f"threshold        : {cal['previous_threshold']:.4f} -> {cal['threshold']:.4f} (target sensitivity "
+        f"{cal['target_sensitivity']:.2f})",
+        f"at the old one   : sensitivity {_ci(before, 'sensitivity')}, specificity {_ci(before, 'specificity')}",
+        f"at the new one   : sensitivity {_ci(cal, 'sensitivity')}, specificity {_ci(cal, 'specificity')} "
+        "(chosen on these images: measure it on other local images before relying on it)",
+    ]
+    if cal.get("warning"):
+        lines.append(f"WARNING          : {cal['warning']}")
+    return "\n".join(lines)
+
+
+def _ci(record: dict, key: str) -> str:
+    low, high = record[f"{key}_ci"]
+    return f"{record[key]:.3f} [{low:.3f}, {high:.3f}]"
