@@ -103,6 +103,7 @@ def save_model(path: Path, state: dict, best: dict, evaluation: dict) -> dict:
     """The best model as one loadable file, with the threshold every later prediction must use."""
     payload = {k: state[k] for k in ("model", "model_name", "image_size", "mean", "std", "params")}
     payload |= {"threshold": float(evaluation["threshold"]), "threshold_source": threshold_source(evaluation),
-                "trial_id": best["trial_id"], "epoch": best["epoch"]}
+                "trial_id": best["trial_id"], "epoch": best["epoch"],
+                "run_folder": str(Path(path).parent.resolve())}  # its split.csv: which images the model has seen
     inference.save_atomic(payload, path)
     return payload

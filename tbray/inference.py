@@ -133,6 +133,11 @@ def _field_problem(saved: dict) -> str | None:
         return str(exc)
     if not isinstance(saved["model"], dict):
         return "the weights are not a state dict"
+    expected = tbmodel.create(saved["model_name"]).state_dict()
+    wrong = [k for k, v in expected.items() if k not in saved["model"] or saved["model"][k].shape != v.shape]
+    if wrong or len(saved["model"]) != len(expected):
+        first = wrong[0] if wrong else sorted(set(saved["model"]) - set(expected))[0]
+        return f"the saved weights don't fit {saved['model_name']!r} ({len(wrong)} tensor(s) missing or of another shape, first {first!r})"
     return None
 
 

@@ -40,12 +40,18 @@ def run(model_file: Path, paths: list[Path], threshold: float | None = None) -> 
     saved = inference.load_model_file(model_file)
     threshold = saved["threshold"] if threshold is None else threshold
     rows, good, images = [], [], []
-    for f in images_under(paths):
+    files = images_under(paths)
+    if not files:
+        raise UserError(f"{', '.join(map(str, paths))}: no PNG or JPEG image found")
+    for f in files:
         try:
             images.append(data.resize(data.load_gray(f), saved["image_size"]))
             good.append(f)
         except Exception as exc:  # reported per file, the others are still scored
             rows.append({"path": str(f), "p_tb": None, "prediction": None, "error": str(exc).splitlines()[0]})
+    if not images:
+        raise UserError(f"{', '.join(map(str, paths))}: none of the {len(files)} image(s) could be read, "
+                        f"first {rows[0]['path']}: {rows[0]['error']}")
     if images:
         scores = inference.score_images(saved, np.stack(images), batch_size=64)
         rows += [{"path": str(f), "p_tb": float(s), "prediction": "Tuberculosis" if s >= threshold else "Normal",

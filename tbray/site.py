@@ -22,19 +22,22 @@ from tbray import threshold as thresholds
 from tbray.errors import UserError
 
 
-def search_split(model_file: Path) -> pd.DataFrame | None:
-    """The split of the search that made the model (split.csv beside it, with hashes), or None."""
-    csv = Path(model_file).parent / "split.csv"
-    if not csv.is_file():
-        return None
-    split = pd.read_csv(csv, dtype=str)
-    return split if {"sha256", "phash", "split"} <= set(split.columns) else None
+def search_split(model_file: Path, saved: dict) -> pd.DataFrame | None:
+    """The split of the search that made the model, with image hashes: split.csv beside the model file,
+    else in the run folder the model file names (a calibrated copy lives elsewhere), else None."""
+    for folder in (Path(model_file).parent, Path(saved.get("run_folder") or Path(model_file).parent)):
+        csv = folder / "split.csv"
+        if csv.is_file():
+            split = pd.read_csv(csv, dtype=str)
+            if {"sha256", "phash", "split"} <= set(split.columns):
+                return split
+    return None
 
 
-def load(name: str, folder: Path, model_file: Path, min_side: int = 64) -> external.ExternalSet:
+def load(name: str, folder: Path, model_file: Path, saved: dict, min_side: int = 64) -> external.ExternalSet:
     """A site's labelled folder, checked as --data is, with the search's own images left out."""
     found = external.discover("site data", folder, min_side)
-    internal = search_split(model_file)
+    internal = search_split(model_file, saved)
     if internal is None:
         print(f"tbray: WARNING no split.csv with image hashes beside {model_file}: copies of the images the model "
               "was trained on cannot be left out")
@@ -51,7 +54,7 @@ def evaluate(model_file: Path, folder: Path, name: str, target: float | None = N
     """Score a labelled set that arrived after the search; write external-<NAME>.json and .md beside the model."""
     saved = inference.load_model_file(model_file)
     target = target or (saved.get("threshold_source") or {}).get("target_sensitivity", metrics.WHO_TARGET["sensitivity"])
-    record, table = scored(load(name, folder, model_file), saved, target)
+    record, table = scored(load(name, folder, model_file, saved), saved, target)
     report_file = Path(model_file).parent / "report.json"
     internal = None
     if report_file.is_file():
@@ -75,7 +78,7 @@ def calibrate(model_file: Path, folder: Path, target: float, out: Path) -> dict:
     if Path(out).resolve() == Path(model_file).resolve():
         raise UserError(f"{out}: --out must differ from the model file; the original is kept unchanged")
     saved = inference.load_model_file(model_file)
-    ext = load(Path(folder).name or "site", folder, model_file)
+    ext = load(Path(folder).resolve().name, folder, model_file, saved)
     record, table = scored(ext, saved, target)
     try:
         chosen = thresholds.selection(table["label"], table["score"], target, split_name="site")

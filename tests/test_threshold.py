@@ -100,3 +100,15 @@ def test_observed_sensitivity_at_target_can_never_promise_it():
 def test_bad_target_is_refused():
     with pytest.raises(metrics.MetricsError, match="target sensitivity"):
         threshold.operating_threshold([0, 1], [0.1, 0.9], 1.5)
+
+
+def test_predict_names_the_origin_of_every_kind_of_threshold():
+    from tbray import predict
+
+    assert "no record of how the threshold was chosen" in predict.threshold_origin({"threshold": 0.5})
+    source = {"kind": "validation split", "n": 80, "n_tb": 40, "target_sensitivity": 0.9}
+    assert predict.threshold_origin({"threshold_source": source}).startswith("the search's validation split (80 images")
+    calibration = {"site_data": "/site", "n": 10, "n_tb": 5, "date": "2026-11-25", "sensitivity": 1.0,
+                   "specificity": 0.5}
+    both = {"threshold_source": source, "calibration": calibration}
+    assert predict.threshold_origin(both).startswith("site calibration on /site (10 images, 5 TB, 2026-11-25")

@@ -1,0 +1,75 @@
+"""tune/predict.py does not trust the model file or the folder it is given: one line and exit 2 for each."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO
+from tbray import model as tbmodel
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    base = tmp_path_factory.mktemp("predict")
+    net = tbmodel.create("test_efficientnet")
+    good = {"model": net.state_dict(), "model_name": "test_efficientnet", "image_size": 32, "mean": 0.5,
+            "std": 0.5, "threshold": 0.5}
+    other = tbmodel.create("efficientnet_b0").state_dict()
+    doctored = {
+        "huge_image_size": {**good, "image_size": 100000},
+        "no_model_name": {k: v for k, v in good.items() if k != "model_name"},
+        "unknown_model_name": {**good, "model_name": "resnet_nope"},
+        "other_architecture": {**good, "model": other},
+        "threshold_not_a_probability": {**good, "threshold": 7.0},
+    }
+    paths = {}
+    for name, payload in {"good": good, **doctored}.items():
+        paths[name] = base / f"{name}.pt"
+        torch.save(payload, paths[name])
+    (base / "empty").mkdir()
+    (base / "unreadable").mkdir()
+    (base / "unreadable" / "x.png").write_text("not a png")
+    (base / "images").mkdir()
+    Image.new("L", (40, 40), 100).save(base / "images" / "a.png")
+    return base, paths
+
+
+def _predict(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tune" / "predict.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("huge_image_size", "image_size 100000 is not a whole number of pixels between 16 and 2048"),
+    ("no_model_name", "not a tbray model file (missing model_name)"),
+    ("unknown_model_name", "unknown model 'resnet_nope'"),
+    ("other_architecture", "the saved weights don't fit 'test_efficientnet'"),
+    ("threshold_not_a_probability", "threshold 7.0 is not a probability"),
+])
+def test_doctored_model_file_is_refused_in_one_line(files, name, message):
+    base, paths = files
+    done = _predict(paths[name], base / "images")
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tbray: error: ") and message in lines[0], lines
+
+
+@pytest.mark.parametrize("folder, message", [("empty", "no PNG or JPEG image found"),
+                                             ("unreadable", "none of the 1 image(s) could be read")])
+def test_folder_without_a_readable_image_is_refused(files, folder, message):
+    base, paths = files
+    done = _predict(paths["good"], base / folder)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_model_without_any_threshold_record_still_predicts(files):
+    base, paths = files
+    done = _predict(paths["good"], base / "images")
+    assert done.returncode == 0, done.stderr
+    assert "no record of how the threshold was chosen" in done.stderr
+    assert done.stdout.splitlines()[0] == "path,p_tb,prediction,error,threshold"
