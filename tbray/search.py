@@ -19,7 +19,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tbray import cache, cluster, evaluate, external, report, runfolder, trials
+from tbray import cache, cluster, evaluate, external, report_page, runfolder, trials
 from tbray import model as tbmodel
 from tbray.config import SearchConfig, TrainSettings
 from tbray.driver import trial
@@ -60,7 +60,7 @@ def run(cfg: SearchConfig) -> int:
     """The whole search; returns the process exit code."""
     run_dir = runfolder.path(cfg)
     if cfg.resume and (run_dir / "report.json").exists():
-        print(report.summary_table(json.loads((run_dir / "report.json").read_text())))
+        print(report_page.summary_table(json.loads((run_dir / "report.json").read_text())))
         print(f"(search {cfg.name!r} had already finished; nothing to resume)")
         return 0
     tbmodel.check_name(cfg.model)
@@ -113,5 +113,5 @@ def run(cfg: SearchConfig) -> int:
         first = table["error"].dropna() if "error" in table else []
         raise SearchFailed(f"every trial failed; first error: {first.iloc[0] if len(first) else 'unknown'}")
     result = evaluate.run(cfg, prepared, arrays, best, plan, table, history, externals)
-    print(report.summary_table(result))
+    print(report_page.summary_table(result))
     return 0

