@@ -7,6 +7,7 @@ asks for GPUs a cluster can never have would wait silently. We compare first and
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def connect(cfg: SearchConfig) -> dict:
         except ConnectionError as exc:
             raise UserError(f"cannot reach the Ray cluster at {cfg.address or os.environ['RAY_ADDRESS']}: {exc}")
     else:
-        context = ray.init(num_cpus=cfg.num_cpus)
+        context = _start_local(cfg.num_cpus)
     url = getattr(context, "dashboard_url", None)
     if url:
         token = Path.home() / ".ray" / "auth_token"
@@ -54,6 +55,25 @@ def connect(cfg: SearchConfig) -> dict:
         print(f"tbray: Ray dashboard at http://{url}{hint}")
     return {"resources": ray.cluster_resources(), "nodes": len([n for n in ray.nodes() if n["Alive"]]),
             "max_resources": _autoscaling_limits()}
+
+
+def _start_local(num_cpus: int | None):
+    """A local Ray whose every process knows its own address.
+
+    Ray's own actors (Train V2's placement-group cleaner among them) call the state API without an
+    address; with a second local Ray on the machine (another search, a test session) it then refuses
+    to guess, the cleaner dies, and a finished trial's placement group keeps its CPUs: the next trial
+    waits forever. Measured here: a 3-trial search beside another local Ray stalled with 2.0 of 2.0
+    CPUs reserved by placement groups of ended trials. So the GCS port is chosen first
+    (RAY_GCS_SERVER_PORT) and RAY_ADDRESS, inherited by every Ray process this driver starts, names it;
+    address="local" keeps ray.init from reading that RAY_ADDRESS as a cluster to join.
+    """
+    with socket.socket() as probe:  # a free port now; the GCS binds it a moment later
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    return ray.init(address="local", num_cpus=num_cpus)
 
 
 def _autoscaling_limits() -> dict | None:
