@@ -18,7 +18,7 @@ N_RESAMPLES = 2000  # bootstrap resamples for AUROC, AP, balanced accuracy and F
 def ranking(labels, scores, seed: int, split_name: str, n_resamples: int = N_RESAMPLES) -> dict:
     """AUROC and average precision with stratified-bootstrap 95% intervals."""
     y, s = metrics.checked_binary(labels, scores, split_name)
-    boot = {"n_resamples": n_resamples, "seed": seed, "vectorized": True, "split_name": split_name}
+    boot = {"n_resamples": n_resamples, "seed": seed, "split_name": split_name}
     return {
         "auroc": metrics.estimate(skm.roc_auc_score(y, s), metrics.bootstrap_ci(y, s, metrics.auroc_rows, **boot)),
         "average_precision": metrics.estimate(skm.average_precision_score(y, s),
