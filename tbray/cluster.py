@@ -43,7 +43,8 @@ def connect(cfg: SearchConfig) -> dict:
         context = None
     elif cfg.address or os.environ.get("RAY_ADDRESS"):
         try:
-            context = ray.init(address=cfg.address or os.environ["RAY_ADDRESS"], log_to_driver=True)
+            context = ray.init(address=cfg.address or os.environ["RAY_ADDRESS"], log_to_driver=True,
+                               runtime_env=_forwarded_env())
         except ConnectionError as exc:
             raise UserError(f"cannot reach the Ray cluster at {cfg.address or os.environ['RAY_ADDRESS']}: {exc}")
     else:
@@ -55,6 +56,13 @@ def connect(cfg: SearchConfig) -> dict:
         print(f"tbray: Ray dashboard at http://{url}{hint}")
     return {"resources": ray.cluster_resources(), "nodes": len([n for n in ray.nodes() if n["Alive"]]),
             "max_resources": _autoscaling_limits()}
+
+
+def _forwarded_env() -> dict | None:
+    """TBRAY_* variables set for this search, for the job's workers on a cluster it joins (a local Ray
+    started here inherits them anyway); None when there are none, so the job keeps the default env."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("TBRAY_")}
+    return {"env_vars": env} if env else None
 
 
 def _start_local(num_cpus: int | None):

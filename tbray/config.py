@@ -42,14 +42,41 @@ class TrainSettings:
     num_workers: int = 1  # Ray Train workers per trial (= GPUs per trial, or 1 CPU worker)
     use_gpu: bool = False
     cpus_per_worker: int = 1  # data sits decoded in memory, so workers need few CPUs
-    worker_resources: tuple[tuple[str, float], ...] = ()  # custom Ray resources each worker asks for
+    worker_resources: dict = field(default_factory=dict)  # custom Ray resources each worker asks for, as given
     warmup_epochs: float = 1.0  # linear warm-up before the cosine decay
     eval_batch_size: int = 128  # validation has no gradients, so it takes bigger batches
     seed: int = 0
     metric: str = "val_loss"  # the search metric; each epoch also reports its best so far as best_<metric>
     mode: str = "min"
-    fail_at_epoch: int | None = None  # test hook: raise in this epoch when batch_size == fail_batch_size
-    fail_batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """What Optuna chose for one trial (the keys of SearchSpace.param_space)."""
+
+    epochs: int
+    batch_size: int  # the trial's global batch, split across its workers
+    image_size: int
+    lr: float
+    weight_decay: float
+
+    @classmethod
+    def from_tune(cls, config: dict) -> "TrialParams":
+        """Tune's config dict for the trial, as one typed object."""
+        return cls(epochs=int(config["epochs"]), batch_size=int(config["batch_size"]),
+                   image_size=int(config["image_size"]), lr=float(config["lr"]),
+                   weight_decay=float(config["weight_decay"]))
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything one trial's workers train with: the one object from the trial to the worker loop."""
+
+    params: TrialParams  # what Optuna chose
+    settings: TrainSettings  # what every trial of the search shares
+    data: object  # ray.ObjectRef of {"train": {...}, "val": {...}} at params.image_size, one copy per node
+    weights: object | None  # ray.ObjectRef of the pretrained backbone state dict, or None (random init)
+    started: float  # time.time() when the trial started, for the start-up figure in the history
 
 
 @dataclass
@@ -83,8 +110,6 @@ class SearchConfig:
     storage: str | None = None  # shared storage (s3://, gs://, NFS path) for multi-node runs
     resume: bool = False
     num_cpus: int | None = None  # local Ray only: CPUs to offer (default: all)
-    fail_at_epoch: int | None = None  # test hook, see TrainSettings
-    fail_batch_size: int | None = None
 
     def to_json(self) -> dict:
         """A JSON-able copy for report.json and the resume check."""

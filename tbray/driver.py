@@ -13,28 +13,30 @@ from ray import train, tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from tbray.config import TrainSettings
+from tbray.config import TrainSettings, TrialParams, TrialSpec
 
 
 def worker(config: dict) -> None:
     """Runs on each Ray Train worker; the import happens there, not in the trial or the controller."""
     from tbray.train import worker_loop
 
-    worker_loop(config)
+    worker_loop(config["spec"])
 
 
 def trial(config: dict, settings: TrainSettings, refs: dict, storage: str, metric: str, mode: str,
         max_failures: int) -> None:
     """Build and fit the trial's TorchTrainer; TuneReportCallback forwards each epoch's report to Tune."""
+    params = TrialParams.from_tune(config)
+    # Object refs, not arrays: each worker reads the node's one shared copy.
+    spec = TrialSpec(params=params, settings=settings, data=refs["data"][params.image_size], weights=refs["weights"],
+                     started=time.time())
     trainer = TorchTrainer(
         worker,
-        # Object refs, not arrays: each worker reads the node's one shared copy.
-        train_loop_config={**config, "settings": settings, "data": refs["data"][config["image_size"]],
-                           "weights": refs["weights"], "trial_start": time.time()},
+        train_loop_config={"spec": spec},  # Ray Train takes a dict; the spec is the one thing in it
         scaling_config=train.ScalingConfig(
             num_workers=settings.num_workers, use_gpu=settings.use_gpu,
             resources_per_worker={"CPU": settings.cpus_per_worker, **({"GPU": 1} if settings.use_gpu else {}),
-                                  **dict(settings.worker_resources)},
+                                  **settings.worker_resources},
         ),
         run_config=train.RunConfig(
             name=f"train-{tune.get_context().get_trial_id()}",

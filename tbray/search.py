@@ -51,8 +51,7 @@ def train_settings(cfg: SearchConfig, plan: cluster.Plan) -> TrainSettings:
     return TrainSettings(
         model=cfg.model, mean=tuple(stats["mean"]), std=tuple(stats["std"]),
         num_workers=plan.workers_per_trial, use_gpu=plan.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
-        worker_resources=tuple(sorted(cfg.worker_resources.items())),
-        seed=cfg.seed, metric=cfg.metric, mode=cfg.mode, fail_at_epoch=cfg.fail_at_epoch, fail_batch_size=cfg.fail_batch_size,
+        worker_resources=dict(cfg.worker_resources), seed=cfg.seed, metric=cfg.metric, mode=cfg.mode,
     )
 
 

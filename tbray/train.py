@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import tempfile
 import time
 
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from tbray import augment, metrics
 from tbray import model as tbmodel
-from tbray.config import TrainSettings
+from tbray.config import TrialSpec
 from tbray.inference import ArrayDataset, collate_batch, load_checkpoint, save_checkpoint, score_loader
 
 
@@ -46,28 +47,29 @@ def loaders(data: dict, batch_size: int, eval_batch_size: int, seed: int) -> tup
     return train, val
 
 
-def worker_loop(config: dict) -> None:
+def worker_loop(spec: TrialSpec) -> None:
     """One trial's training on one Ray Train worker."""
-    s: TrainSettings = config["settings"]
-    epochs, lr, batch_size = config["epochs"], config["lr"], config["batch_size"]
+    settings, params = spec.settings, spec.params
+    epochs, lr, batch_size = params.epochs, params.lr, params.batch_size
+    fail_at = injected_failure()
     rank = ray.train.get_context().get_world_rank()
-    torch.manual_seed(s.seed + rank)
+    torch.manual_seed(settings.seed + rank)
     device = ray.train.torch.get_device()
     node_id = ray.get_runtime_context().get_node_id()  # which node ran the trial, for the record
-    mean, std = float(np.mean(s.mean)), float(np.mean(s.std))
+    mean, std = float(np.mean(settings.mean)), float(np.mean(settings.std))
 
     # Data: decoded once on the driver, one shared copy per node in the object store.
-    data = ray.get(config["data"])
-    train_loader, val_loader = loaders(data, batch_size, s.eval_batch_size, s.seed)
+    data = ray.get(spec.data)
+    train_loader, val_loader = loaders(data, batch_size, settings.eval_batch_size, settings.seed)
     labels = data["train"]["labels"]
     # Weighted loss for the ~5:1 Normal:TB imbalance, so a constant "Normal" answer isn't a minimum.
     pos_weight = torch.tensor((labels == 0).sum() / max(1, (labels == 1).sum()), dtype=torch.float32, device=device)
 
     # Model and optimiser; pretrained weights come resolved from the driver, never downloaded here.
-    weights = ray.get(config["weights"]) if config.get("weights") is not None else None
-    model = tbmodel.create(s.model, weights).to(memory_format=torch.channels_last)
+    weights = ray.get(spec.weights) if spec.weights is not None else None
+    model = tbmodel.create(settings.model, weights).to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config["weight_decay"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=params.weight_decay)
 
     # Resume: after a worker failure or an interrupted search, carry on from the latest checkpoint.
     start_epoch, best_so_far = 0, None
@@ -79,12 +81,12 @@ def worker_loop(config: dict) -> None:
         start_epoch, best_so_far = state["epoch"], state.get("best_so_far")
 
     # Trial start-up cost (worker group, imports, data, model, weights), reported with every epoch.
-    startup_s = time.time() - config.get("trial_start", time.time())
+    startup_s = time.time() - spec.started
     steps_per_epoch = len(train_loader)
-    total_steps, warmup_steps = epochs * steps_per_epoch, max(1, int(s.warmup_epochs * steps_per_epoch))
+    total_steps, warmup_steps = epochs * steps_per_epoch, max(1, int(settings.warmup_epochs * steps_per_epoch))
     schedule = functools.partial(lr_at, total_steps=total_steps, warmup_steps=warmup_steps, base_lr=lr)
     for epoch in range(start_epoch, epochs):
-        if s.fail_batch_size == batch_size and s.fail_at_epoch == epoch + 1:
+        if fail_at == (epoch + 1, batch_size):
             raise RuntimeError(f"injected failure (test hook) at epoch {epoch + 1}, batch size {batch_size}")
         if ray.train.get_context().get_world_size() > 1:
             train_loader.sampler.set_epoch(epoch)  # DistributedSampler reshuffles only when told
@@ -99,15 +101,26 @@ def worker_loop(config: dict) -> None:
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "startup_s": startup_s,
                "epoch_s": time.time() - epoch_start, "node_id": node_id,
                **{f"val_{k}": v for k, v in metrics.epoch_metrics(val_labels, scores).items()}}
-        if best_so_far is None or (row[s.metric] < best_so_far if s.mode == "min" else row[s.metric] > best_so_far):
-            best_so_far = row[s.metric]
-        row[f"best_{s.metric}"] = best_so_far  # what Optuna and ASHA see: the trial's best epoch so far
+        if best_so_far is None or (row[settings.metric] < best_so_far if settings.mode == "min" else row[settings.metric] > best_so_far):
+            best_so_far = row[settings.metric]
+        row[f"best_{settings.metric}"] = best_so_far  # what Optuna and ASHA see: the trial's best epoch so far
         state = None if rank else {
             "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-            "model_name": s.model, "image_size": int(data["val"]["images"].shape[-1]), "mean": mean, "std": std,
+            "model_name": settings.model, "image_size": int(data["val"]["images"].shape[-1]), "mean": mean, "std": std,
             "best_so_far": best_so_far,
-            "params": {k: config[k] for k in ("epochs", "batch_size", "lr", "weight_decay")}}
+            "params": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": params.weight_decay}}
         report(row, state)
+
+
+def injected_failure() -> tuple[int, int] | None:
+    """Test hook, read here only: TBRAY_FAIL_AT=EPOCH:BATCH_SIZE makes trials of that batch size raise in
+    that epoch. An environment variable, so no production type or option carries it; tbray forwards
+    TBRAY_* variables to the Ray job it joins (tbray.cluster.connect)."""
+    text = os.environ.get("TBRAY_FAIL_AT")
+    if not text:
+        return None
+    epoch, batch_size = text.split(":")
+    return int(epoch), int(batch_size)
 
 
 def train_epoch(model, loader, optimizer, schedule, first_step: int, pos_weight, device, mean: float,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import ray
@@ -11,8 +13,8 @@ from ray.train.torch import TorchTrainer
 from torchvision import transforms
 
 from tbray import cache, data
-from tbray.config import TrainSettings
-from tbray.train import worker_loop
+from tbray.config import TrainSettings, TrialParams, TrialSpec
+from tbray.driver import worker
 
 SIZES = [32, 48]
 
@@ -55,9 +57,10 @@ def test_cache_is_reused_not_rebuilt(tiny_data, split, tmp_path):
 
 def _fit(data_ref, seed=0):
     """The real per-worker loop, run in this process by Ray Train's local mode (num_workers=0)."""
-    config = {"epochs": 2, "batch_size": 16, "image_size": 32, "lr": 1e-3, "weight_decay": 1e-4,
-              "settings": TrainSettings(model="test_efficientnet", seed=seed), "data": data_ref, "weights": None}
-    result = TorchTrainer(worker_loop, train_loop_config=config,
+    spec = TrialSpec(params=TrialParams(epochs=2, batch_size=16, image_size=32, lr=1e-3, weight_decay=1e-4),
+                     settings=TrainSettings(model="test_efficientnet", seed=seed), data=data_ref, weights=None,
+                     started=time.time())
+    result = TorchTrainer(worker, train_loop_config={"spec": spec},
                           scaling_config=ray.train.ScalingConfig(num_workers=0)).fit()
     return result.metrics
 

@@ -105,7 +105,7 @@ def test_killed_worker_restarts_from_checkpoint(ray_address, tiny_data, tmp_path
 def test_failing_trial_is_recorded_and_search_goes_on(ray_address, tiny_data, tmp_path):
     done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "fail", "--address", ray_address,
                    *TINY, "--batch-sizes", "8,16", "--num-samples", "4", "--max-failures", "0",
-                   "--fail-batch-size", "8", "--fail-at-epoch", "1")
+                   env={"TBRAY_FAIL_AT": "1:8"})
     assert done.returncode == 0, done.stderr[-3000:]
     trials = pd.read_csv(tmp_path / "fail" / "trials.csv")
     failing, healthy = trials[trials["batch_size"] == 8], trials[trials["batch_size"] == 16]
@@ -119,7 +119,7 @@ def test_failing_trial_is_recorded_and_search_goes_on(ray_address, tiny_data, tm
 def test_every_trial_failing_exits_nonzero_with_first_error(ray_address, tiny_data, tmp_path):
     done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "allfail", "--address", ray_address,
                    *TINY, "--batch-sizes", "8", "--num-samples", "1", "--max-failures", "0",
-                   "--fail-batch-size", "8", "--fail-at-epoch", "1")
+                   env={"TBRAY_FAIL_AT": "1:8"})
     assert done.returncode == 1
     assert "every trial failed" in done.stderr and "injected failure" in done.stderr
     assert "Traceback" not in done.stderr.splitlines()[-1]
