@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         _disconnect()
+        runfolder.release()
 
 
 def _disconnect() -> None:
