@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tbray import runfolder
+from tbray import interrupt, runfolder
 from tbray.config import SearchConfig, SearchSpace
 from tbray.errors import SearchFailed, UserError
 
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, run, and turn user errors into one line on stderr with exit code 2."""
     args = parser().parse_args(argv)
     cfg = None
+    interrupt.install()  # SIGTERM stops like Ctrl-C; search.run installs it again once Ray has started
     try:
         cfg = to_config(args)
         from tbray import search  # Ray and torch load only once the options are known to be sane
@@ -149,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         hint = f"; continue with: {runfolder.resume_command(cfg)}" if cfg else ""
-        print(f"tbray: interrupted{hint}", file=sys.stderr)
-        return 130
+        print(f"tbray: {interrupt.reason()}{hint}", file=sys.stderr)
+        return interrupt.exit_code()
     finally:
         _disconnect()
         runfolder.release()
