@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -97,6 +98,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _absolute(path: Path | None) -> Path | None:
+    """The path from the current folder, made absolute (without following links) so that search.json
+    and the printed resume command mean the same files from any folder a resume is started in."""
+    return Path(os.path.abspath(path)) if path is not None else None
+
+
 def to_config(args: argparse.Namespace) -> SearchConfig:
     """Validated options; a contradiction is a UserError naming the option."""
     if args.data is not None and args.demo:
@@ -119,8 +126,9 @@ def to_config(args: argparse.Namespace) -> SearchConfig:
     if "/" in name or name in (".", ".."):
         raise UserError(f"--name must be a plain folder name, got {name!r}")
     return SearchConfig(
-        data=args.data, demo=args.demo, split_file=args.split_file, results=args.results, name=name, seed=args.seed,
-        model=args.model, weights=args.weights, pretrained=not args.no_pretrained, space=space,
+        data=_absolute(args.data), demo=args.demo, split_file=_absolute(args.split_file),
+        results=_absolute(args.results), name=name, seed=args.seed, model=args.model, weights=_absolute(args.weights),
+        pretrained=not args.no_pretrained, space=space,
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, gpus_per_trial=args.gpus_per_trial,
         cpus_per_worker=args.cpus_per_worker, worker_resources=dict(args.worker_resource), metric=args.metric,
         mode=args.mode or ("min" if args.metric == "val_loss" else "max"), grace_period=args.grace_period,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import os
 import shlex
 import time
 from dataclasses import dataclass
@@ -71,9 +72,11 @@ def storage_root(cfg: SearchConfig) -> str:
 
 
 def resume_command(cfg: SearchConfig) -> str:
-    """What to type to continue this search."""
+    """What to type to continue this search, from any folder: the script and the results by absolute path."""
+    script = Path(__file__).resolve().parent.parent / "tune" / "search.py"
     extra = f" --address {shlex.quote(cfg.address)}" if cfg.address else ""
-    return f"python tune/search.py --resume --name {shlex.quote(cfg.name)} --results {shlex.quote(str(cfg.results))}{extra}"
+    return (f"python {shlex.quote(str(script) if script.is_file() else 'tune/search.py')} --resume "
+            f"--name {shlex.quote(cfg.name)} --results {shlex.quote(os.path.abspath(cfg.results))}{extra}")
 
 
 def load_config(run_dir: Path) -> SearchConfig:
