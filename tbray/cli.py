@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -109,8 +110,10 @@ def to_config(args: argparse.Namespace) -> SearchConfig:
     if args.data is not None and args.demo:
         raise UserError("--data and --demo exclude each other")
     lo, hi = args.lr_range
-    if not 0 < lo <= hi:
-        raise UserError(f"--lr-range needs 0 < MIN <= MAX, got {lo} {hi}")
+    if not 0 < lo <= hi < math.inf:  # NaN fails every comparison, inf only the last
+        raise UserError(f"--lr-range needs 0 < MIN <= MAX, both finite, got {lo} {hi}")
+    if not 0 <= args.seed < 2**32:  # numpy, scikit-learn and Optuna's sampler all take this range only
+        raise UserError(f"--seed must be in [0, 2**32), got {args.seed}")
     if not 0 < args.target_sensitivity <= 1:
         raise UserError(f"--target-sensitivity must be in (0, 1], got {args.target_sensitivity}")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
