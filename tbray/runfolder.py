@@ -23,6 +23,7 @@ from tbray.config import SearchConfig, SearchSpace
 from tbray.errors import UserError
 
 LOCK = ".lock"  # held (flock) by the search using the folder; not part of the run's content
+PREPARED = {LOCK, "split.csv", "skipped.csv", "search.json"}  # what a search writes before its first trial
 _held: dict[Path, IO] = {}  # this process's locks by run folder, released by `release` or at exit
 
 
@@ -164,10 +165,18 @@ def release() -> None:
         _held.popitem()[1].close()
 
 
-def _refuse_taken(cfg: SearchConfig, run_dir: Path) -> None:
-    """A new search never writes into a folder another search has used."""
-    if not cfg.resume and run_dir.exists() and any(p.name != LOCK for p in run_dir.iterdir()):
+def _refuse_taken(cfg: SearchConfig, run_dir: Path) -> bool:
+    """A new search never writes into a folder where trials have run; True if it takes over one where none did.
+
+    A start that stopped before its first trial (no GPU for it, a batch size too big, Ctrl-C while the
+    images decode) leaves only the split and the options: nothing trained, so a retry may start over there.
+    """
+    if cfg.resume or not run_dir.exists():
+        return False
+    names = {p.name for p in run_dir.iterdir()}
+    if names - PREPARED:
         raise UserError(f"{run_dir}: run folder exists; pass --resume to continue it, or another --name")
+    return bool(names - {LOCK})
 
 
 def prepare(cfg: SearchConfig) -> Prepared:
@@ -178,7 +187,8 @@ def prepare(cfg: SearchConfig) -> Prepared:
     split = choose_split(cfg, found)
     pairs = duplicates.cross_split_duplicates(split[["path", "split", "sha256", "phash"]])
     lock(run_dir)
-    _refuse_taken(cfg, run_dir)  # again under the lock: a search with this name may have started meanwhile
+    if _refuse_taken(cfg, run_dir):  # again under the lock: a search with this name may have started meanwhile
+        print(f"tbray: {run_dir} holds no trial (an earlier start stopped before its first); starting over there")
     if not cfg.resume:
         data.write_split(split, run_dir / "split.csv")
         (run_dir / "search.json").write_text(json.dumps(cfg.to_json(), indent=2))

@@ -60,7 +60,7 @@ def build(base: Path) -> dict[str, Path]:
     p["broken"] = broken
 
     existing = p["results"] / "taken"
-    existing.mkdir(parents=True)
+    (existing / "tune").mkdir(parents=True)  # trials ran here
     (existing / "split.csv").write_text("path,label,split,sha256\n")
 
     p["randomcsv"] = base / "random.csv"
@@ -167,6 +167,6 @@ def test_nothing_was_written_for_refused_runs(runs):
     for future in futures.values():
         future.result()
     assert sorted(p.name for p in paths["results"].iterdir()) == ["taken"]
-    assert sorted(p.name for p in (paths["results"] / "taken").iterdir()) == ["split.csv"]
+    assert sorted(p.name for p in (paths["results"] / "taken").iterdir()) == ["split.csv", "tune"]
     default = paths["base"] / "default-results"
     assert not default.exists() or not any(default.iterdir())
