@@ -33,6 +33,12 @@ def install() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def requested() -> bool:
+    """Whether SIGTERM asked this search to stop: Tune then ends every running trial as if it had finished,
+    so the trials alone can't tell a stopped search from a done one."""
+    return signal.SIGTERM in _received
+
+
 def exit_code() -> int:
     """143 if the stop came from SIGTERM, 130 for Ctrl-C: what a shell shows for each signal."""
     return TERMINATED if signal.SIGTERM in _received else INTERRUPTED

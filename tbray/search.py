@@ -106,7 +106,7 @@ def run(cfg: SearchConfig) -> int:
 
     table, history = trials.collect(grid, cfg)
     trials.write(run_dir, table, history)
-    if trials.interrupted(grid, cfg):
+    if trials.interrupted(grid, cfg) or interrupt.requested():
         print(f"tbray: search {interrupt.reason()}; continue with: {runfolder.resume_command(cfg)}")
         return interrupt.exit_code()
     best = trials.best(table, history, cfg)
