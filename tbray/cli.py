@@ -120,7 +120,7 @@ def to_config(args: argparse.Namespace) -> SearchConfig:
         raise UserError("--gpus-per-trial must be >= 0")
     if args.resume and not args.name:
         raise UserError("--resume needs --name NAME (the run folder under --results)")
-    external_sets = dict(args.external)
+    external_sets = {name: _absolute(folder) for name, folder in args.external}
     if len(external_sets) < len(args.external):
         raise UserError("--external names must differ")
     space = SearchSpace(epochs=args.epochs, batch_sizes=args.batch_sizes, image_sizes=args.image_sizes,
