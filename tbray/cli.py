@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 
-from tbray import runfolder
+from tbray import interrupt, runfolder
 from tbray.config import SearchConfig, SearchSpace
 from tbray.errors import SearchFailed, UserError
 
@@ -95,20 +97,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _absolute(path: Path | None) -> Path | None:
+    """The path from the current folder, made absolute (without following links) so that search.json
+    and the printed resume command mean the same files from any folder a resume is started in."""
+    return Path(os.path.abspath(path)) if path is not None else None
+
+
 def to_config(args: argparse.Namespace) -> SearchConfig:
     """Validated options; a contradiction is a UserError naming the option."""
     if args.data is not None and args.demo:
         raise UserError("--data and --demo exclude each other")
     lo, hi = args.lr_range
-    if not 0 < lo <= hi:
-        raise UserError(f"--lr-range needs 0 < MIN <= MAX, got {lo} {hi}")
+    if not 0 < lo <= hi < math.inf:  # NaN fails every comparison, inf only the last
+        raise UserError(f"--lr-range needs 0 < MIN <= MAX, both finite, got {lo} {hi}")
+    if not 0 <= args.seed < 2**32:  # numpy, scikit-learn and Optuna's sampler all take this range only
+        raise UserError(f"--seed must be in [0, 2**32), got {args.seed}")
     if not 0 < args.target_sensitivity <= 1:
         raise UserError(f"--target-sensitivity must be in (0, 1], got {args.target_sensitivity}")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise UserError("--gpus-per-trial must be >= 0")
     if args.resume and not args.name:
         raise UserError("--resume needs --name NAME (the run folder under --results)")
-    external_sets = dict(args.external)
+    external_sets = {name: _absolute(folder) for name, folder in args.external}
     if len(external_sets) < len(args.external):
         raise UserError("--external names must differ")
     space = SearchSpace(epochs=args.epochs, batch_sizes=args.batch_sizes, image_sizes=args.image_sizes,
@@ -117,8 +127,9 @@ def to_config(args: argparse.Namespace) -> SearchConfig:
     if "/" in name or name in (".", ".."):
         raise UserError(f"--name must be a plain folder name, got {name!r}")
     return SearchConfig(
-        data=args.data, demo=args.demo, split_file=args.split_file, results=args.results, name=name, seed=args.seed,
-        model=args.model, weights=args.weights, pretrained=not args.no_pretrained, space=space,
+        data=_absolute(args.data), demo=args.demo, split_file=_absolute(args.split_file),
+        results=_absolute(args.results), name=name, seed=args.seed, model=args.model, weights=_absolute(args.weights),
+        pretrained=not args.no_pretrained, space=space,
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, gpus_per_trial=args.gpus_per_trial,
         cpus_per_worker=args.cpus_per_worker, worker_resources=dict(args.worker_resource), metric=args.metric,
         mode=args.mode or ("min" if args.metric == "val_loss" else "max"), grace_period=args.grace_period,
@@ -132,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, run, and turn user errors into one line on stderr with exit code 2."""
     args = parser().parse_args(argv)
     cfg = None
+    interrupt.install()  # SIGTERM stops like Ctrl-C; search.run installs it again once Ray has started
     try:
         cfg = to_config(args)
         from tbray import search  # Ray and torch load only once the options are known to be sane
@@ -147,10 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         hint = f"; continue with: {runfolder.resume_command(cfg)}" if cfg else ""
-        print(f"tbray: interrupted{hint}", file=sys.stderr)
-        return 130
+        print(f"tbray: {interrupt.reason()}{hint}", file=sys.stderr)
+        return interrupt.exit_code()
     finally:
         _disconnect()
+        runfolder.release()
 
 
 def _disconnect() -> None:

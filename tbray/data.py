@@ -116,15 +116,33 @@ def _class_entries(folder: Path) -> list[Path]:
     return found
 
 
+def _utf8_name(path: Path) -> bool:
+    """Whether a path's name is text: os.walk hands back undecodable bytes as lone surrogates."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(path: Path) -> str:
+    """A relative path as text that any UTF-8 file or terminal takes: undecodable bytes become U+FFFD."""
+    return path.as_posix().encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def discover(path: Path, min_side: int = 64, threads: int | None = None) -> Discovery:
     """List and check every file under the class folders; stop only when a class has no usable image."""
     root = find_root(path)
     class_dirs = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir() and p.name.lower() in CLASSES}
-    ignored = sorted(p.name for p in root.iterdir() if p.name.lower() not in CLASSES)
+    ignored = sorted(shown(Path(p.name)) for p in root.iterdir() if p.name.lower() not in CLASSES)
     entries = [(f, CLASSES[name]) for name, folder in class_dirs.items() for f in _class_entries(folder)]
+    # split.csv names each file so a resume, predict or a colleague finds it again; a name that is not
+    # UTF-8 can't be written there (or to a UTF-8 terminal) and read back, so such a file is skipped.
+    skipped = [(f, "file name is not valid UTF-8") for f, y in entries if not _utf8_name(f.relative_to(root))]
+    entries = [(f, y) for f, y in entries if _utf8_name(f.relative_to(root))]
     candidates = [(f, y) for f, y in entries if f.suffix.lower() in IMAGE_SUFFIXES]
-    skipped = [(f, f"not an image file (extension {f.suffix or 'none'!r})") for f, y in entries
-               if f.suffix.lower() not in IMAGE_SUFFIXES]
+    skipped += [(f, f"not an image file (extension {f.suffix or 'none'!r})") for f, y in entries
+                if f.suffix.lower() not in IMAGE_SUFFIXES]
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
         checks = list(pool.map(lambda item: _check_file(item[0], min_side), candidates))
     rows = []
@@ -134,7 +152,7 @@ def discover(path: Path, min_side: int = 64, threads: int | None = None) -> Disc
         else:
             rows.append((f.relative_to(root).as_posix(), label, *check))
     files = pd.DataFrame(rows, columns=["path", "label", "sha256", "phash"])
-    skipped_df = pd.DataFrame([(f.relative_to(root).as_posix(), r) for f, r in skipped], columns=["path", "reason"])
+    skipped_df = pd.DataFrame([(shown(f.relative_to(root)), r) for f, r in skipped], columns=["path", "reason"])
     for name, label in CLASSES.items():
         if name in class_dirs and not (files["label"] == label).any():
             folder = class_dirs[name]

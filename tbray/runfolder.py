@@ -7,17 +7,24 @@ search.json (the options), the Optuna study, Ray Tune's experiment, trials.csv a
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
 import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pandas as pd
 
 from tbray import data, demo, duplicates, external_split
 from tbray.config import SearchConfig, SearchSpace
 from tbray.errors import UserError
+
+LOCK = ".lock"  # held (flock) by the search using the folder; not part of the run's content
+PREPARED = {LOCK, "split.csv", "skipped.csv", "search.json"}  # what a search writes before its first trial
+_held: dict[Path, IO] = {}  # this process's locks by run folder, released by `release` or at exit
 
 
 @dataclass
@@ -66,9 +73,11 @@ def storage_root(cfg: SearchConfig) -> str:
 
 
 def resume_command(cfg: SearchConfig) -> str:
-    """What to type to continue this search."""
+    """What to type to continue this search, from any folder: the script and the results by absolute path."""
+    script = Path(__file__).resolve().parent.parent / "tune" / "search.py"
     extra = f" --address {shlex.quote(cfg.address)}" if cfg.address else ""
-    return f"python tune/search.py --resume --name {shlex.quote(cfg.name)} --results {shlex.quote(str(cfg.results))}{extra}"
+    return (f"python {shlex.quote(str(script) if script.is_file() else 'tune/search.py')} --resume "
+            f"--name {shlex.quote(cfg.name)} --results {shlex.quote(os.path.abspath(cfg.results))}{extra}")
 
 
 def load_config(run_dir: Path) -> SearchConfig:
@@ -130,15 +139,56 @@ def _external(split_file: Path, found: data.Discovery) -> pd.DataFrame:
     return matched.merge(found.files[["path", "sha256", "phash"]], on="path", how="left", suffixes=("", "_found"))
 
 
+def lock(run_dir: Path) -> None:
+    """Hold an exclusive lock on the run folder for the rest of this search; refuse if another search holds it.
+
+    Two searches with one --name would both pass the "folder exists" check while they scan the data and
+    then write over each other's split, study and checkpoints; a second --resume would run the same
+    trials twice. flock is released by the kernel however this process ends, so a crash leaves no stale lock.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.resolve() in _held:
+        return  # flock would refuse this process's second open file; it already holds the folder
+    handle = open(run_dir / LOCK, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"{run_dir}: another search is using this run folder now; wait for it to end or pass "
+                        f"another --name")
+    _held[run_dir.resolve()] = handle
+
+
+def release() -> None:
+    """Let go of the run-folder locks this process holds (the CLI calls this however it exits)."""
+    while _held:
+        _held.popitem()[1].close()
+
+
+def _refuse_taken(cfg: SearchConfig, run_dir: Path) -> bool:
+    """A new search never writes into a folder where trials have run; True if it takes over one where none did.
+
+    A start that stopped before its first trial (no GPU for it, a batch size too big, Ctrl-C while the
+    images decode) leaves only the split and the options: nothing trained, so a retry may start over there.
+    """
+    if cfg.resume or not run_dir.exists():
+        return False
+    names = {p.name for p in run_dir.iterdir()}
+    if names - PREPARED:
+        raise UserError(f"{run_dir}: run folder exists; pass --resume to continue it, or another --name")
+    return bool(names - {LOCK})
+
+
 def prepare(cfg: SearchConfig) -> Prepared:
     """Check the data, fix the split, and write the run folder's data files and options."""
     run_dir = path(cfg)
-    if not cfg.resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"{run_dir}: run folder exists; pass --resume to continue it, or another --name")
+    _refuse_taken(cfg, run_dir)  # early, so a taken name costs no data scan
     found = data.discover(data_root(cfg), min_side=cfg.min_image_size)
     split = choose_split(cfg, found)
     pairs = duplicates.cross_split_duplicates(split[["path", "split", "sha256", "phash"]])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock(run_dir)
+    if _refuse_taken(cfg, run_dir):  # again under the lock: a search with this name may have started meanwhile
+        print(f"tbray: {run_dir} holds no trial (an earlier start stopped before its first); starting over there")
     if not cfg.resume:
         data.write_split(split, run_dir / "split.csv")
         (run_dir / "search.json").write_text(json.dumps(cfg.to_json(), indent=2))

@@ -19,7 +19,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tbray import cache, cluster, evaluate, external, report_page, runfolder, trials
+from tbray import cache, cluster, evaluate, external, interrupt, report_page, runfolder, trials
 from tbray import model as tbmodel
 from tbray.config import SearchConfig, TrainSettings
 from tbray.driver import trial
@@ -74,6 +74,7 @@ def run(cfg: SearchConfig) -> int:
                         f"lower --batch-sizes")
 
     plan = cluster.plan(cfg, cluster.connect(cfg))
+    interrupt.install()  # over the handlers ray.init and Ray's core put on SIGTERM, which abort the driver
     settings = train_settings(cfg, plan)
 
     # Decode once: one uint8 array per image size, shared with every trial through the object store.
@@ -104,9 +105,9 @@ def run(cfg: SearchConfig) -> int:
 
     table, history = trials.collect(grid, cfg)
     trials.write(run_dir, table, history)
-    if trials.interrupted(grid, cfg):
-        print(f"tbray: search interrupted; continue with: {runfolder.resume_command(cfg)}")
-        return 130
+    if trials.interrupted(grid, cfg) or interrupt.requested():
+        print(f"tbray: search {interrupt.reason()}; continue with: {runfolder.resume_command(cfg)}")
+        return interrupt.exit_code()
     best = trials.best(table, history, cfg)
     if best is None:
         first = table["error"].dropna() if "error" in table else []

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.fs
+from ray.tune import ExperimentAnalysis
 
 from tbray.config import SearchConfig
 
@@ -71,9 +72,16 @@ def write(run_dir: Path, table: pd.DataFrame, history: pd.DataFrame) -> None:
 
 
 def interrupted(grid, cfg: SearchConfig) -> bool:
-    """True when the search stopped before every trial ran (Ctrl-C), so it can be resumed."""
+    """True when the search stopped before every trial ran (Ctrl-C, SIGTERM), so it can be resumed.
+
+    A stop ends the running trials, so in memory they look finished; the experiment state Tune saved
+    last keeps them unfinished, and that state is what a resume continues from.
+    """
     trials = grid._experiment_analysis.trials
-    return len(trials) < cfg.num_samples or any(t.status in UNFINISHED for t in trials)
+    if len(trials) < cfg.num_samples or any(t.status in UNFINISHED for t in trials):
+        return True
+    saved = ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials
+    return any(t.status in UNFINISHED for t in saved)
 
 
 def checkpoint_exists(path: str, cfg: SearchConfig) -> bool:

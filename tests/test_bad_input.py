@@ -60,7 +60,7 @@ def build(base: Path) -> dict[str, Path]:
     p["broken"] = broken
 
     existing = p["results"] / "taken"
-    existing.mkdir(parents=True)
+    (existing / "tune").mkdir(parents=True)  # trials ran here
     (existing / "split.csv").write_text("path,label,split,sha256\n")
 
     p["randomcsv"] = base / "random.csv"
@@ -85,7 +85,11 @@ CASES = {
     "not_an_efficientnet": (lambda p: ["--data", p["good"], *TINY, "--model", "resnet18", *NOWHERE],
                             lambda p: "model 'resnet18' is not an EfficientNet"),
     "lr_range_reversed": (lambda p: ["--data", p["good"], *TINY, "--lr-range", "1", "0", *NOWHERE],
-                          lambda p: "--lr-range needs 0 < MIN <= MAX, got 1.0 0.0"),
+                          lambda p: "--lr-range needs 0 < MIN <= MAX, both finite, got 1.0 0.0"),
+    "lr_range_infinite": (lambda p: ["--data", p["good"], *TINY, "--lr-range", "1e-3", "inf", *NOWHERE],
+                          lambda p: "--lr-range needs 0 < MIN <= MAX, both finite, got 0.001 inf"),
+    "seed_negative": (lambda p: ["--data", p["good"], *TINY, "--seed", "-1", *NOWHERE],
+                      lambda p: "--seed must be in [0, 2**32), got -1"),
     "target_sensitivity_above_one": (lambda p: ["--data", p["good"], *TINY, "--target-sensitivity", "2", *NOWHERE],
                                      lambda p: "--target-sensitivity must be in (0, 1], got 2.0"),
     "data_and_demo": (lambda p: ["--data", p["good"], "--demo", *TINY, *NOWHERE],
@@ -163,6 +167,6 @@ def test_nothing_was_written_for_refused_runs(runs):
     for future in futures.values():
         future.result()
     assert sorted(p.name for p in paths["results"].iterdir()) == ["taken"]
-    assert sorted(p.name for p in (paths["results"] / "taken").iterdir()) == ["split.csv"]
+    assert sorted(p.name for p in (paths["results"] / "taken").iterdir()) == ["split.csv", "tune"]
     default = paths["base"] / "default-results"
     assert not default.exists() or not any(default.iterdir())

@@ -193,6 +193,51 @@ def test_discover_names_every_unusable_file_and_why(tmp_path, demo72):
     assert set(found.files.columns) == {"path", "label", "sha256", "phash"}
 
 
+def write_bytes_named(folder: Path, name: bytes, content: bytes) -> None:
+    """A file whose name is raw bytes (not UTF-8), as a camera, an old archive or a Windows share leaves."""
+    fd = os.open(os.fsencode(folder) + b"/" + name, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, content)
+    os.close(fd)
+
+
+def test_file_names_that_are_not_utf8_are_skipped_and_shown_readably(tmp_path, demo72):
+    root = copy_of(demo72, tmp_path / "db")
+    good = (root / "Normal" / "Normal-1.png").read_bytes()
+    write_bytes_named(root / "Normal", b"bad\xffname.png", good)  # a good image under a bad name
+    write_bytes_named(root / "Tuberculosis", b"notes\xfe.txt", b"x")
+    os.mkdir(os.fsencode(root / "Tuberculosis") + b"/folder\xff")
+    write_bytes_named(root / "Tuberculosis" / os.fsdecode(b"folder\xff"), b"TB-x.png", good)
+    write_bytes_named(root, b"beside\xff", b"x")
+
+    found = data.discover(root, min_side=32)
+    assert skipped_reasons(found) == {
+        "Normal/bad\ufffdname.png": "file name is not valid UTF-8",
+        "Tuberculosis/notes\ufffd.txt": "file name is not valid UTF-8",
+        "Tuberculosis/folder\ufffd/TB-x.png": "file name is not valid UTF-8",
+    }
+    assert "beside\ufffd" in found.ignored
+    assert len(found.files) == 72
+    found.skipped.to_csv(tmp_path / "skipped.csv", index=False)  # UTF-8, as prepare writes it
+    assert (tmp_path / "skipped.csv").read_text(encoding="utf-8").count("\ufffd") == 3
+
+
+def test_a_search_goes_on_past_a_file_name_that_is_not_utf8(ray_address, tmp_path, demo72):
+    from conftest import TINY, run_cli
+
+    root = copy_of(demo72, tmp_path / "db")
+    write_bytes_named(root / "Tuberculosis", b"TB-\xff.png", (root / "Normal" / "Normal-1.png").read_bytes())
+    done = run_cli("--data", root, "--results", tmp_path / "results", "--name", "names", "--address", ray_address,
+                   *TINY, "--num-samples", "1")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    run = tmp_path / "results" / "names"
+    skipped = pd.read_csv(run / "skipped.csv", encoding="utf-8")
+    assert skipped.to_dict("records") == [{"path": "Tuberculosis/TB-\ufffd.png",
+                                           "reason": "file name is not valid UTF-8"}]
+    assert len(pd.read_csv(run / "split.csv", encoding="utf-8")) == 72
+    assert "Tuberculosis/TB-\ufffd.png: file name is not valid UTF-8" in done.stdout  # told, not dropped
+    assert (run / "report.json").is_file()
+
+
 def test_image_over_the_decompression_bomb_limit_is_skipped(tmp_path, demo72):
     root = copy_of(demo72, tmp_path / "db")
     side = 9500  # 90.25 M pixels: over Pillow's 89.5 M limit, under twice it, where Pillow only warns

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -15,14 +16,15 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import pytest
 from ray.util.state import list_actors
 
 from conftest import REPO, TINY, run_cli
 
 
-def start_cli(*args) -> subprocess.Popen:
+def start_cli(*args, cwd: Path = REPO) -> subprocess.Popen:
     """The search in the background, in its own process group, as a user's terminal would run it."""
-    return subprocess.Popen([sys.executable, str(REPO / "tune" / "search.py"), *map(str, args)], cwd=REPO,
+    return subprocess.Popen([sys.executable, str(REPO / "tune" / "search.py"), *map(str, args)], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
@@ -125,9 +127,12 @@ def test_every_trial_failing_exits_nonzero_with_first_error(ray_address, tiny_da
     assert "Traceback" not in done.stderr.splitlines()[-1]
 
 
-def test_ctrl_c_stops_cleanly_and_resume_finishes(ray_address, tiny_data, tmp_path):
+# Before the second trial exists, and while every trial runs (Tune then ends them as if they had finished).
+@pytest.mark.parametrize("samples", [["--num-samples", "2", "--max-concurrent", "1"], ["--num-samples", "1"]],
+                         ids=["one_trial_left_to_start", "every_trial_running"])
+def test_ctrl_c_stops_cleanly_and_resume_finishes(ray_address, tiny_data, tmp_path, samples):
     args = ["--data", tiny_data, "--results", tmp_path, "--name", "ctrlc", "--address", ray_address, *TINY]
-    proc = start_cli(*args, "--epochs", "3", "--num-samples", "2", "--max-concurrent", "1")
+    proc = start_cli(*args, "--epochs", "3", *samples)
     wait_for(lambda: list((tmp_path / "ctrlc" / "train").glob("*/checkpoint_*")), 300, "a first epoch", proc)
     proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
     output, _ = proc.communicate(timeout=180)
@@ -135,7 +140,34 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(ray_address, tiny_data, tmp_pa
     assert "--resume --name ctrlc" in output
     resumed = run_cli("--resume", "--name", "ctrlc", "--results", tmp_path, "--address", ray_address)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert len(pd.read_csv(tmp_path / "ctrlc" / "trials.csv")) == 2
+    assert (pd.read_csv(tmp_path / "ctrlc" / "trials.csv")["status"] != "error").sum() == int(samples[1])
+
+
+def test_sigterm_stops_cleanly_and_the_printed_resume_works_from_another_folder(ray_address, tiny_data, tmp_path):
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir()
+    elsewhere.mkdir()
+    # Paths as typed relative to where the search starts; the resume runs from another folder.
+    proc = start_cli("--data", os.path.relpath(tiny_data, start), "--results", "results", "--name", "term",
+                     "--address", ray_address, *TINY, "--epochs", "3", "--num-samples", "1", cwd=start)
+    run = start / "results" / "term"
+    wait_for(lambda: list((run / "train").glob("*/checkpoint_*")), 300, "a first epoch", proc)
+    # Every trial exists and runs (one of one): Tune ends it as if finished, so only the signal tells.
+    proc.send_signal(signal.SIGTERM)  # what kill, a batch scheduler or systemd sends to the driver
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 143, output[-3000:]
+    assert "SIGTERM received" not in output and "Aborted" not in output, output[-3000:]
+    assert (run / "trials.csv").is_file()
+    saved = json.loads((run / "search.json").read_text())
+    assert Path(saved["data"]) == Path(os.path.abspath(tiny_data)) and Path(saved["results"]) == start / "results"
+
+    command = shlex.split(output.split("continue with: ")[-1].splitlines()[0])
+    assert command[0] == "python" and Path(command[1]).is_absolute(), command
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=elsewhere, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert pd.read_csv(run / "trials.csv")["status"].tolist() == ["completed"] and (run / "report.json").is_file()
+    assert not list(elsewhere.iterdir())  # nothing written relative to the folder the resume ran in
 
 
 def test_resume_with_changed_data_is_refused(ray_address, tiny_data, tmp_path):

@@ -63,5 +63,17 @@ def test_saved_options_come_back_for_resume(data, tmp_path):
     runfolder.prepare(cfg)
     again = runfolder.for_resume(SearchConfig(results=tmp_path, name="saved", resume=True))
     assert again.num_samples == 3 and again.data == data and again.resume
+    (tmp_path / "saved" / "tune").mkdir()  # once trials have run there, a new search may not use the name
     with pytest.raises(UserError, match="run folder exists"):
         runfolder.prepare(cfg)
+
+
+def test_a_start_that_stopped_before_its_first_trial_does_not_block_a_retry(data, tmp_path, capsys):
+    first = SearchConfig(data=data, results=tmp_path, name="retry", gpus_per_trial=4, min_image_size=32)
+    runfolder.prepare(first)  # ...and then the cluster had no GPU for it: nothing trained
+    runfolder.release()
+    retry = SearchConfig(data=data, results=tmp_path, name="retry", gpus_per_trial=0, seed=1, min_image_size=32)
+    runfolder.prepare(retry)
+    runfolder.release()
+    assert "holds no trial" in capsys.readouterr().out
+    assert runfolder.load_config(tmp_path / "retry").gpus_per_trial == 0  # the retry's options, not the first's
