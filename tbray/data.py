@@ -28,6 +28,7 @@ FRACTIONS = {"train": 0.7, "test": 0.2, "val": 0.1}
 SPLIT_COLUMNS = ["path", "label", "split", "sha256"]
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")  # PIL modes of 16-bit (and 32-bit integer) gray
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DECODING = "gray2"  # bump when load_gray reads any file differently: caches of decoded images are keyed by it
 
 
 @dataclass
