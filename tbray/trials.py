@@ -6,51 +6,68 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.fs
+from ray.tune import Result, ResultGrid
 
 from tbray.config import SearchConfig
 
 PARAMS = ["epochs", "batch_size", "image_size", "lr", "weight_decay"]
 HISTORY = ["trial_id", "epoch", "train_loss", "val_loss", "val_accuracy", "val_auroc", "val_sensitivity",
            "val_specificity", "val_f1", "startup_s", "epoch_s", "checkpoint_path", "time_total_s", "node_id"]
-UNFINISHED = {"PENDING", "RUNNING", "PAUSED"}
 
 
-def _status(trial, history: pd.DataFrame) -> str:
-    """completed, stopped_early (ASHA), error, or Tune's own word for an unfinished trial."""
-    if trial.status == "ERROR":
+def _trial_id(result: Result) -> str:
+    """Tune's id of the trial: Tune sets it in every trial's last result, even one that never reported."""
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name
+
+
+def _status(result: Result, history: pd.DataFrame) -> str:
+    """completed, stopped_early (ASHA), error, or unfinished (pending or running when the search stopped).
+
+    From the public Result only: an error, else Tune marks the last result of every trial it ended,
+    completed or stopped by the scheduler, `done`; a trial without it had not ended.
+    """
+    if result.error is not None:
         return "error"
-    if trial.status in UNFINISHED:
-        return trial.status.lower()
+    if not (result.metrics or {}).get("done"):
+        return "unfinished"
     done = int(history["epoch"].max()) if len(history) else 0
-    return "completed" if done >= trial.config["epochs"] else "stopped_early"
+    return "completed" if done >= (result.config or {}).get("epochs", 0) else "stopped_early"
 
 
-def _error(trial) -> str | None:
+def _error(result: Result) -> str | None:
     """The last line of a trial's error: the exception's own message, not the traceback."""
-    text = trial.get_error() or ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:500] if lines else (None if trial.status != "ERROR" else "unknown error")
+    if result.error is None:
+        return None
+    lines = [line.strip() for line in str(result.error).splitlines() if line.strip()]
+    return lines[-1][:500] if lines else type(result.error).__name__
 
 
-def collect(grid, cfg: SearchConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """trials.csv rows and the per-epoch history, from Tune's own records of every trial."""
+def _history(result: Result, trial_id: str) -> pd.DataFrame:
+    """The trial's reported epochs, one row each; empty (with an epoch column) before its first report."""
+    h = result.metrics_dataframe
+    if h is None or not len(h) or "epoch" not in h:
+        return pd.DataFrame(columns=["epoch"])
+    # A trial restarted by a resume reports from its checkpoint's epoch on; keep the last report of each.
+    return h.assign(trial_id=trial_id).drop_duplicates("epoch", keep="last").sort_values("epoch")
+
+
+def collect(grid: ResultGrid, cfg: SearchConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """trials.csv rows and the per-epoch history, from the ResultGrid Tune returns (every trial, any state)."""
     rows, frames = [], []
-    for t in grid._experiment_analysis.trials:
-        h = grid._experiment_analysis.trial_dataframes.get(t.trial_id, pd.DataFrame())
-        if len(h) and "epoch" in h:
-            # A trial restarted by a resume reports from its checkpoint's epoch on; keep the last report of each.
-            h = h.assign(trial_id=t.trial_id).drop_duplicates("epoch", keep="last").sort_values("epoch")
+    for result in grid:
+        trial_id = _trial_id(result)
+        h = _history(result, trial_id)
+        if len(h):
             frames.append(h[[c for c in HISTORY if c in h]])
-        else:
-            h = pd.DataFrame(columns=["epoch"])
-        row = {"trial_id": t.trial_id, "status": _status(t, h), **{p: t.config.get(p) for p in PARAMS},
+        config = result.config or {}
+        row = {"trial_id": trial_id, "status": _status(result, h), **{p: config.get(p) for p in PARAMS},
                "epochs_done": int(h["epoch"].max()) if len(h) else 0}
         if len(h):
             top = _ranked(h, cfg).iloc[0]
             row |= {f"best_{cfg.metric}": top[cfg.metric], "best_epoch": int(top["epoch"])}
             row |= {f"last_{k}": h.iloc[-1][k] for k in h if k.startswith("val_")}
             row["checkpoint_path"] = top.get("checkpoint_path")
-        row["error"] = _error(t)
+        row["error"] = _error(result)
         rows.append(row)
     history = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=HISTORY)
     return pd.DataFrame(rows), history
@@ -68,10 +85,13 @@ def write(run_dir: Path, table: pd.DataFrame, history: pd.DataFrame) -> None:
     history.to_csv(run_dir / "history.csv", index=False)
 
 
-def interrupted(grid, cfg: SearchConfig) -> bool:
-    """True when the search stopped before every trial ran (Ctrl-C), so it can be resumed."""
-    trials = grid._experiment_analysis.trials
-    return len(trials) < cfg.num_samples or any(t.status in UNFINISHED for t in trials)
+def interrupted(grid: ResultGrid, cfg: SearchConfig) -> bool:
+    """True when the search stopped before every trial ran (Ctrl-C), so it can be resumed.
+
+    Either Optuna had not yet proposed every trial, or some trial Tune holds neither ended nor
+    errored (pending or running): the grid's public counts of terminated and errored trials.
+    """
+    return len(grid) < cfg.num_samples or grid.num_terminated + grid.num_errors < len(grid)
 
 
 def checkpoint_exists(path: str, cfg: SearchConfig) -> bool:
