@@ -11,9 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+import yaml
 
 from tbray.config import SearchConfig
 from tbray.errors import UserError
+
+# Where `ray up` leaves the launcher config on the head; cluster/gpu.yaml starts the autoscaler with it.
+AUTOSCALING_CONFIG = Path("~/ray_bootstrap_config.yaml")
 
 
 @dataclass(frozen=True)
@@ -52,18 +56,31 @@ def connect(cfg: SearchConfig) -> dict:
         token = Path.home() / ".ray" / "auth_token"
         hint = f"; it asks for the token in {token}" if token.exists() else ""
         print(f"tbray: Ray dashboard at http://{url}{hint}")
+    joined = bool(cfg.address or os.environ.get("RAY_ADDRESS"))  # only a cluster's head has its launcher config
     return {"resources": ray.cluster_resources(), "nodes": len([n for n in ray.nodes() if n["Alive"]]),
-            "max_resources": _autoscaling_limits()}
+            "max_resources": autoscaling_limits() if joined else None}
 
 
-def _autoscaling_limits() -> dict | None:
-    """What the autoscaler could add (from the cluster config), or None for a fixed cluster."""
+def autoscaling_limits(path: Path = AUTOSCALING_CONFIG) -> dict[str, float] | None:
+    """The most of each resource the autoscaler may bring up, from the cluster launcher's YAML; None without it.
+
+    A scale-from-zero cluster (cluster/gpu.yaml) has no GPU until a trial asks for one, so the check
+    needs the autoscaler's limits, not what runs now. Ray reads them only through a private API, so
+    this reads the config the head's autoscaler was started with (`--autoscaling-config`): each node
+    type's resources times its max_workers (capped by the cluster's max_workers), the head's once.
+    """
     try:
-        from ray._private.state import state
-
-        return state.get_max_resources_from_cluster_config()
-    except Exception:  # private API; a fixed-size view is the safe fallback
+        config = yaml.safe_load(Path(path).expanduser().read_text())
+        types = config["available_node_types"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
         return None
+    cap = config.get("max_workers", float("inf"))
+    total: dict[str, float] = {}
+    for name, node in types.items():
+        count = 1 if name == config.get("head_node_type") else min(node.get("max_workers", 0), cap)
+        for resource, amount in (node.get("resources") or {}).items():
+            total[resource] = total.get(resource, 0) + count * float(amount)
+    return total or None
 
 
 def plan(cfg: SearchConfig, info: dict) -> Plan:
