@@ -105,8 +105,8 @@ def plan(cfg: SearchConfig, info: dict) -> Plan:
         raise UserError(f"the cluster has {info['nodes']} node(s) and may grow, but no shared storage: pass --storage "
                         f"s3://bucket/prefix (or an NFS path mounted on every node) so checkpoints reach the driver")
     fits = min(int(reachable(name) // amount) for name, amount in demand.items() if amount > 0)
-    return Plan(workers, wanted > 0, cfg.max_concurrent or max(1, fits), float(have.get("GPU", 0)),
-                float(have.get("CPU", 0)), info["nodes"])
+    return Plan(workers_per_trial=workers, use_gpu=wanted > 0, max_concurrent=cfg.max_concurrent or max(1, fits),
+                cluster_gpus=float(have.get("GPU", 0)), cluster_cpus=float(have.get("CPU", 0)), nodes=info["nodes"])
 
 
 def release_leftover_placement_groups() -> int:
