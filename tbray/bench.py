@@ -19,6 +19,9 @@ from tbray import augment, cache, data
 from tbray import model as tbmodel
 from tbray.inference import ArrayDataset, collate_batch
 
+PUBLIC_IMAGES = 4200  # the public TB Chest Radiography Database: 3,500 Normal + 700 Tuberculosis
+PUBLIC_TRAIN_IMAGES = round(PUBLIC_IMAGES * data.FRACTIONS["train"])  # 2,940: one epoch of a real search
+
 
 @dataclass
 class Row:

@@ -1,8 +1,8 @@
 """Decode once: every image of a split resized to each image size, kept as one uint8 array per size.
 
 PNG decoding and resizing cost far more than a training step, and a search repeats the same images
-through every trial and epoch. The driver builds `<cache>/<split hash>-<size>.npy` once (reused by
-later runs and resumes), then hands each array to the trials through Ray's object store, which
+through every trial and epoch. The driver builds `<cache>/<split hash>-<size>-<decoding>.npy` once
+(reused by later runs and resumes), then hands each array to the trials through Ray's object store, which
 keeps one shared copy per node.
 """
 
@@ -19,8 +19,8 @@ from tbray import data
 
 
 def path_for(cache_dir: Path, key: str, size: int) -> Path:
-    """Where the array for one split and size lives."""
-    return Path(cache_dir) / f"{key}-{size}.npy"
+    """Where the array for one split and size lives; named by the decoding too, so a fix there rebuilds it."""
+    return Path(cache_dir) / f"{key}-{size}-{data.DECODING}.npy"
 
 
 def _decode(root: Path, rel: str, sizes: list[int]) -> list[np.ndarray]:

@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+import yaml
 
 from tbray.config import SearchConfig
 from tbray.errors import UserError
+
+# Where `ray up` leaves the launcher config on the head; cluster/gpu.yaml starts the autoscaler with it.
+AUTOSCALING_CONFIG = Path("~/ray_bootstrap_config.yaml")
 
 
 @dataclass(frozen=True)
@@ -48,14 +52,15 @@ def connect(cfg: SearchConfig) -> dict:
         except ConnectionError as exc:
             raise UserError(f"cannot reach the Ray cluster at {cfg.address or os.environ['RAY_ADDRESS']}: {exc}")
     else:
-        context = _start_local(cfg.num_cpus)
+        context = start_local(cfg.num_cpus)
     url = getattr(context, "dashboard_url", None)
     if url:
         token = Path.home() / ".ray" / "auth_token"
         hint = f"; it asks for the token in {token}" if token.exists() else ""
         print(f"tbray: Ray dashboard at http://{url}{hint}")
+    joined = bool(cfg.address or os.environ.get("RAY_ADDRESS"))  # only a cluster's head has its launcher config
     return {"resources": ray.cluster_resources(), "nodes": len([n for n in ray.nodes() if n["Alive"]]),
-            "max_resources": _autoscaling_limits()}
+            "max_resources": autoscaling_limits() if joined else None}
 
 
 def _forwarded_env() -> dict | None:
@@ -65,7 +70,7 @@ def _forwarded_env() -> dict | None:
     return {"env_vars": env} if env else None
 
 
-def _start_local(num_cpus: int | None):
+def start_local(num_cpus: int | None):
     """A local Ray whose every process knows its own address.
 
     Ray's own actors (Train V2's placement-group cleaner among them) call the state API without an
@@ -81,17 +86,30 @@ def _start_local(num_cpus: int | None):
         port = probe.getsockname()[1]
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-    return ray.init(address="local", num_cpus=num_cpus)
+    # The dashboard always: Train V2's placement-group cleanup works through the state API it serves.
+    return ray.init(address="local", num_cpus=num_cpus, include_dashboard=True)
 
 
-def _autoscaling_limits() -> dict | None:
-    """What the autoscaler could add (from the cluster config), or None for a fixed cluster."""
+def autoscaling_limits(path: Path = AUTOSCALING_CONFIG) -> dict[str, float] | None:
+    """The most of each resource the autoscaler may bring up, from the cluster launcher's YAML; None without it.
+
+    A scale-from-zero cluster (cluster/gpu.yaml) has no GPU until a trial asks for one, so the check
+    needs the autoscaler's limits, not what runs now. Ray reads them only through a private API, so
+    this reads the config the head's autoscaler was started with (`--autoscaling-config`): each node
+    type's resources times its max_workers (capped by the cluster's max_workers), the head's once.
+    """
     try:
-        from ray._private.state import state
-
-        return state.get_max_resources_from_cluster_config()
-    except Exception:  # private API; a fixed-size view is the safe fallback
+        config = yaml.safe_load(Path(path).expanduser().read_text())
+        types = config["available_node_types"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
         return None
+    cap = config.get("max_workers", float("inf"))
+    total: dict[str, float] = {}
+    for name, node in types.items():
+        count = 1 if name == config.get("head_node_type") else min(node.get("max_workers", 0), cap)
+        for resource, amount in (node.get("resources") or {}).items():
+            total[resource] = total.get(resource, 0) + count * float(amount)
+    return total or None
 
 
 def plan(cfg: SearchConfig, info: dict) -> Plan:
@@ -116,8 +134,8 @@ def plan(cfg: SearchConfig, info: dict) -> Plan:
         raise UserError(f"the cluster has {info['nodes']} node(s) and may grow, but no shared storage: pass --storage "
                         f"s3://bucket/prefix (or an NFS path mounted on every node) so checkpoints reach the driver")
     fits = min(int(reachable(name) // amount) for name, amount in demand.items() if amount > 0)
-    return Plan(workers, wanted > 0, cfg.max_concurrent or max(1, fits), float(have.get("GPU", 0)),
-                float(have.get("CPU", 0)), info["nodes"])
+    return Plan(workers_per_trial=workers, use_gpu=wanted > 0, max_concurrent=cfg.max_concurrent or max(1, fits),
+                cluster_gpus=float(have.get("GPU", 0)), cluster_cpus=float(have.get("CPU", 0)), nodes=info["nodes"])
 
 
 def release_leftover_placement_groups() -> int:

@@ -1,7 +1,7 @@
 """Finding the chest X-rays, reading them as 8-bit grayscale, and the stratified split.
 
 Intensity range: every image leaves `load_gray` as a uint8 array, 0 (black) to 255 (white),
-whatever its PNG/JPEG mode. Files that can't be used are returned with a reason, never dropped.
+whatever its PNG/JPEG mode; 16-bit images are scaled by the bit depth they use (see `to_gray8`). Files that can't be used are returned with a reason, never dropped.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,9 @@ CLASSES = {"normal": 0, "tuberculosis": 1}  # folder name (any case) -> label
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 FRACTIONS = {"train": 0.7, "test": 0.2, "val": 0.1}
 SPLIT_COLUMNS = ["path", "label", "split", "sha256"]
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")  # PIL modes of 16-bit (and 32-bit integer) gray
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DECODING = "gray2"  # bump when load_gray reads any file differently: caches of decoded images are keyed by it
 
 
 @dataclass
@@ -53,11 +57,43 @@ def find_root(path: Path) -> Path:
     raise UserError(f"{path}: not a TB chest X-ray data set (expected folders Normal/ and Tuberculosis/)")
 
 
-def to_gray8(image: Image.Image) -> np.ndarray:
-    """Any PIL mode as uint8 grayscale 0-255; 16-bit is scaled from its full 0-65535 range."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+def png_significant_bits(path: Path) -> int | None:
+    """The gray sample's bit count a PNG's sBIT chunk states, or None when it states none.
+
+    A 12-bit X-ray saved as a 16-bit PNG may say so in sBIT; Pillow reads past that chunk without
+    exposing it (13.0: not in `image.info`), so the few chunks before the image data are walked here.
+    """
+    with open(path, "rb") as f:
+        if f.read(8) != PNG_SIGNATURE:
+            return None
+        while len(header := f.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", header)
+            if kind in (b"IDAT", b"IEND"):  # sBIT must come before the image data
+                return None
+            if kind == b"sBIT":
+                stated = f.read(length)[:1]  # gray, or gray then alpha
+                return stated[0] if stated and 1 <= stated[0] <= 16 else None
+            f.seek(length + 4, os.SEEK_CUR)  # the chunk's data and its CRC
+    return None
+
+
+def to_gray8(image: Image.Image, significant_bits: int | None = None) -> np.ndarray:
+    """Any PIL mode as uint8 grayscale 0-255; wide (16-bit) samples scaled by the range they use.
+
+    Many 16-bit PNGs exported from DICOM hold 12-bit values (0-4095); dividing by 257 as if they
+    spanned 0-65535 makes them near black. So the full scale is 2**bits - 1, where bits is
+    `significant_bits` (the PNG's sBIT) when every sample fits in it, else the bit length of the
+    image's own maximum, at least 8: max 3000 -> 12 bits -> divided by 4095; max 65535 -> 16 bits.
+    (A writer that follows the PNG spec scales sBIT data up to the full 16 bits; the samples then
+    don't fit the stated bits and the maximum rule reads them as 16-bit, which is right.) Without
+    sBIT, a 12-bit image whose brightest pixel is below 2048 is read as 11-bit, twice as bright.
+    """
+    if image.mode in WIDE_MODES:
         wide = np.asarray(image, dtype=np.float64)
-        return np.clip(wide / 257.0 + 0.5, 0, 255).astype(np.uint8)
+        top = int(wide.max()) if wide.size else 0
+        fits = significant_bits is not None and top < 2**significant_bits
+        bits = significant_bits if fits else max(8, top.bit_length())
+        return np.clip(wide * (255.0 / (2**bits - 1)) + 0.5, 0, 255).astype(np.uint8)
     if image.mode == "F":
         return np.clip(np.asarray(image), 0, 255).astype(np.uint8)
     if image.mode in ("CMYK", "P", "PA"):
@@ -76,7 +112,8 @@ def load_gray(path: Path) -> np.ndarray:
             raise Image.DecompressionBombError(
                 f"{image.width}x{image.height} = {image.width * image.height} pixels exceeds the limit of {limit}")
         image.load()
-        return to_gray8(image)
+        wide_png = image.mode in WIDE_MODES and image.format == "PNG"
+        return to_gray8(image, png_significant_bits(path) if wide_png else None)
 
 
 def resize(gray: np.ndarray, size: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The one exception type that means "the user asked for something we can't do"."""
+"""The two exceptions the command line turns into an exit code: UserError (2) and SearchFailed (1)."""
 
 
 class UserError(Exception):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.fs
-from ray.tune import ExperimentAnalysis
+from ray.tune import ExperimentAnalysis, Result, ResultGrid
 
 from tbray.config import SearchConfig
 
@@ -15,45 +15,62 @@ HISTORY = ["trial_id", "epoch", "train_loss", "val_loss", "val_accuracy", "val_a
            "val_specificity", "val_f1", "startup_s", "epoch_s", "checkpoint_path", "time_total_s", "node_id",
            "best_val_loss", "best_val_auroc", "best_val_f1", "best_val_accuracy", "best_val_sensitivity",
            "best_val_specificity"]  # best_<metric>: the trial's best epoch so far, as Optuna saw it
-UNFINISHED = {"PENDING", "RUNNING", "PAUSED"}
+UNFINISHED = {"PENDING", "RUNNING", "PAUSED"}  # Tune's words for a trial a resume must continue
 
 
-def _status(trial, history: pd.DataFrame) -> str:
-    """completed, stopped_early (ASHA), error, or Tune's own word for an unfinished trial."""
-    if trial.status == "ERROR":
+def _trial_id(result: Result) -> str:
+    """Tune's id of the trial: Tune sets it in every trial's last result, even one that never reported."""
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name
+
+
+def _status(result: Result, history: pd.DataFrame) -> str:
+    """completed, stopped_early (ASHA), error, or unfinished (pending or running when the search stopped).
+
+    From the public Result only: an error, else Tune marks the last result of every trial it ended,
+    completed or stopped by the scheduler, `done`; a trial without it had not ended.
+    """
+    if result.error is not None:
         return "error"
-    if trial.status in UNFINISHED:
-        return trial.status.lower()
+    if not (result.metrics or {}).get("done"):
+        return "unfinished"
     done = int(history["epoch"].max()) if len(history) else 0
-    return "completed" if done >= trial.config["epochs"] else "stopped_early"
+    return "completed" if done >= (result.config or {}).get("epochs", 0) else "stopped_early"
 
 
-def _error(trial) -> str | None:
+def _error(result: Result) -> str | None:
     """The last line of a trial's error: the exception's own message, not the traceback."""
-    text = trial.get_error() or ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:500] if lines else (None if trial.status != "ERROR" else "unknown error")
+    if result.error is None:
+        return None
+    lines = [line.strip() for line in str(result.error).splitlines() if line.strip()]
+    return lines[-1][:500] if lines else type(result.error).__name__
 
 
-def collect(grid, cfg: SearchConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """trials.csv rows and the per-epoch history, from Tune's own records of every trial."""
+def _history(result: Result, trial_id: str) -> pd.DataFrame:
+    """The trial's reported epochs, one row each; empty (with an epoch column) before its first report."""
+    h = result.metrics_dataframe
+    if h is None or not len(h) or "epoch" not in h:
+        return pd.DataFrame(columns=["epoch"])
+    # A trial restarted by a resume reports from its checkpoint's epoch on; keep the last report of each.
+    return h.assign(trial_id=trial_id).drop_duplicates("epoch", keep="last").sort_values("epoch")
+
+
+def collect(grid: ResultGrid, cfg: SearchConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """trials.csv rows and the per-epoch history, from the ResultGrid Tune returns (every trial, any state)."""
     rows, frames = [], []
-    for t in grid._experiment_analysis.trials:
-        h = grid._experiment_analysis.trial_dataframes.get(t.trial_id, pd.DataFrame())
-        if len(h) and "epoch" in h:
-            # A trial restarted by a resume reports from its checkpoint's epoch on; keep the last report of each.
-            h = h.assign(trial_id=t.trial_id).drop_duplicates("epoch", keep="last").sort_values("epoch")
+    for result in grid:
+        trial_id = _trial_id(result)
+        h = _history(result, trial_id)
+        if len(h):
             frames.append(h[[c for c in HISTORY if c in h]])
-        else:
-            h = pd.DataFrame(columns=["epoch"])
-        row = {"trial_id": t.trial_id, "status": _status(t, h), **{p: t.config.get(p) for p in PARAMS},
+        config = result.config or {}
+        row = {"trial_id": trial_id, "status": _status(result, h), **{p: config.get(p) for p in PARAMS},
                "epochs_done": int(h["epoch"].max()) if len(h) else 0}
         if len(h):
             top = _ranked(h, cfg).iloc[0]
             row |= {f"best_{cfg.metric}": top[cfg.metric], "best_epoch": int(top["epoch"])}
             row |= {f"last_{k}": h.iloc[-1][k] for k in h if k.startswith("val_")}
             row["checkpoint_path"] = top.get("checkpoint_path")
-        row["error"] = _error(t)
+        row["error"] = _error(result)
         rows.append(row)
     history = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=HISTORY)
     return pd.DataFrame(rows), history
@@ -71,14 +88,14 @@ def write(run_dir: Path, table: pd.DataFrame, history: pd.DataFrame) -> None:
     history.to_csv(run_dir / "history.csv", index=False)
 
 
-def interrupted(grid, cfg: SearchConfig) -> bool:
+def interrupted(grid: ResultGrid, cfg: SearchConfig) -> bool:
     """True when the search stopped before every trial ran (Ctrl-C, SIGTERM), so it can be resumed.
 
-    A stop ends the running trials, so in memory they look finished; the experiment state Tune saved
-    last keeps them unfinished, and that state is what a resume continues from.
+    Either Optuna had not yet proposed every trial, or some trial Tune holds neither ended nor errored
+    (the grid's public counts). A stop also ends the running trials, so in memory they can look
+    finished; the experiment state Tune saved last keeps them unfinished, and a resume continues from it.
     """
-    trials = grid._experiment_analysis.trials
-    if len(trials) < cfg.num_samples or any(t.status in UNFINISHED for t in trials):
+    if len(grid) < cfg.num_samples or grid.num_terminated + grid.num_errors < len(grid):
         return True
     saved = ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials
     return any(t.status in UNFINISHED for t in saved)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,14 @@ def ray_session():
     """A local Ray with its dashboard, started once for the whole test session."""
     import ray
 
+    from tbray import cluster
+
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
-    context = ray.init(num_cpus=2, include_dashboard=True)
+    context = cluster.start_local(num_cpus=2)  # its processes know its address, beside any other local Ray
+    # Ray's processes keep that address; the CLI runs of this session must not inherit it, or a run
+    # meant to start a Ray of its own would join this one.
+    for key in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT"):
+        os.environ.pop(key, None)
     yield context
     ray.shutdown()
 
@@ -48,3 +55,21 @@ def run_cli(*args, timeout: float = 600, env: dict | None = None) -> subprocess.
     """`python tune/search.py ARGS` as a user runs it; output captured."""
     return subprocess.run([sys.executable, str(REPO / "tune" / "search.py"), *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def start_cli(*args, cwd: Path = REPO) -> subprocess.Popen:
+    """The search in the background, in its own process group, as a user's terminal would run it."""
+    return subprocess.Popen([sys.executable, str(REPO / "tune" / "search.py"), *map(str, args)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    """Poll until `condition()` is truthy; fail with `what` (and the search's output) on timeout."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if value := condition():
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"search exited ({proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -4,7 +4,6 @@ and the dashboard's HTTP API (token auth on) showing a running search."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from pathlib import Path
 
@@ -12,8 +11,7 @@ import pandas as pd
 import pytest
 from ray.cluster_utils import Cluster
 
-from conftest import TINY, run_cli
-from test_fault_tolerance import start_cli, wait_for
+from conftest import TINY, run_cli, start_cli, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +51,12 @@ def test_multi_node_without_shared_storage_is_refused(three_nodes, tiny_data, tm
 
 
 def test_asking_for_gpus_the_cluster_never_has_exits_at_once(ray_address, tiny_data, tmp_path):
-    start = time.time()
+    # A trial waiting forever for a worker group would run into the timeout (TimeoutExpired) instead.
     done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "gpus", "--address", ray_address,
                    *TINY, "--gpus-per-trial", "2", timeout=120)
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("tbray: error: a trial asks for 2 GPU(s)") and "Traceback" not in done.stderr
-    assert time.time() - start < 60  # not a trial waiting forever for a worker group
 
 
 def _get(url: str, token: str | None):

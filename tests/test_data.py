@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from tbray import data, demo, duplicates
 from tbray.errors import UserError
@@ -141,6 +141,51 @@ def test_load_gray_reads_every_mode_as_uint8_gray(tmp_path):
 def test_sixteen_bit_scaling_endpoints():
     wide = Image.fromarray(np.array([[0, 257, 32896, 65535]], np.uint16))
     assert data.to_gray8(wide).tolist() == [[0, 1, 128, 255]]
+
+
+def write_png(path: Path, pixels: np.ndarray, sbit: int | None = None) -> Path:
+    """A real PNG of `pixels` (uint8 -> 8-bit, uint16 -> 16-bit gray), with an sBIT chunk if given."""
+    info = PngImagePlugin.PngInfo()
+    if sbit is not None:
+        info.add(b"sBIT", bytes([sbit]))
+    Image.fromarray(pixels).save(path, pnginfo=info)
+    with Image.open(path) as im:
+        assert im.mode == ("L" if pixels.dtype == np.uint8 else "I;16")
+    return path
+
+
+def gradient(top: int, dtype) -> np.ndarray:
+    """A 64x64 ramp from 0 to exactly `top`, row by row."""
+    return np.round(np.linspace(0, top, 64 * 64)).astype(dtype).reshape(64, 64)
+
+
+@pytest.mark.parametrize("name, pixels, sbit, full_scale", [
+    ("8-bit", gradient(255, np.uint8), None, 255),
+    ("12-bit in a 16-bit PNG", gradient(4095, np.uint16), None, 4095),
+    ("12-bit, brightest 3000", gradient(3000, np.uint16), None, 4095),
+    ("16-bit", gradient(65535, np.uint16), None, 65535),
+    ("12-bit stated by sBIT, dark", gradient(2000, np.uint16), 12, 4095),
+    ("sBIT 12 but scaled to 16 bits as the PNG spec says", gradient(65535, np.uint16), 12, 65535),
+    ("16-bit holding 8-bit values", gradient(200, np.uint16), None, 255),
+])
+def test_load_gray_scales_by_the_bit_depth_used(tmp_path, name, pixels, sbit, full_scale):
+    gray = data.load_gray(write_png(tmp_path / "x.png", pixels, sbit))
+    expected = np.floor(pixels.astype(np.float64) * 255 / full_scale + 0.5).astype(np.uint8)
+    assert gray.dtype == np.uint8 and gray.min() == 0
+    assert np.array_equal(gray, expected), name
+
+
+def test_twelve_bit_gradient_spans_black_to_white(tmp_path):
+    gray = data.load_gray(write_png(tmp_path / "x.png", gradient(4095, np.uint16)))
+    assert gray.min() == 0 and gray.max() == 255
+    assert abs(int(np.median(gray)) - 128) <= 1  # mid-grey stays mid-grey, not 8 of 255
+
+
+def test_png_significant_bits_reads_the_stated_depth_only(tmp_path):
+    assert data.png_significant_bits(write_png(tmp_path / "s.png", gradient(4095, np.uint16), 12)) == 12
+    assert data.png_significant_bits(write_png(tmp_path / "n.png", gradient(4095, np.uint16))) is None
+    (tmp_path / "x.jpg").write_bytes(png_bytes(Image.new("L", (8, 8)), "JPEG"))
+    assert data.png_significant_bits(tmp_path / "x.jpg") is None
 
 
 def test_discover_keeps_every_mode(tmp_path, demo72):

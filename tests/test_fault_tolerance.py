@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -19,25 +18,7 @@ import pandas as pd
 import pytest
 from ray.util.state import list_actors
 
-from conftest import REPO, TINY, run_cli
-
-
-def start_cli(*args, cwd: Path = REPO) -> subprocess.Popen:
-    """The search in the background, in its own process group, as a user's terminal would run it."""
-    return subprocess.Popen([sys.executable, str(REPO / "tune" / "search.py"), *map(str, args)], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    """Poll until `condition()` is truthy; fail with `what` (and the search's output) on timeout."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if value := condition():
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"search exited ({proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
+from conftest import TINY, run_cli, start_cli, wait_for
 
 
 def finished_trials(run: Path) -> dict[str, dict]:

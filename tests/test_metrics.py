@@ -134,6 +134,13 @@ def test_vectorized_statistics_match_sklearn_with_ties():
         np.testing.assert_allclose(ours, sklearn_values, rtol=1e-12)
 
 
+def test_bootstrap_2000_resamples_of_840_bracket_the_point_estimate():
+    labels, scores = _overlapping(n=840)
+    low, high = metrics.bootstrap_ci(labels, scores, metrics.average_precision_rows)
+    assert low < skm.average_precision_score(labels, scores) < high
+    assert 0 < high - low < 0.15  # 840 images: a few points either side, not the whole range
+
+
 def test_calibration_perfectly_calibrated_bins_have_zero_ece():
     # Bin [0.2, 0.3): four images at 0.25, one TB. Bin [0.7, 0.8): four at 0.75, three TB.
     labels = [1, 0, 0, 0, 1, 1, 1, 0]

@@ -101,9 +101,10 @@ def main() -> int:
                         "worker group, imports, weights"))
         rows.append(Row("whole one-trial Tune run (wall)", inside["trial_s"], "s"))
         if gpu:
-            per_epoch = 2940 / inside["img_s"]
-            rows.append(Row("one 30-epoch trial on 2,940 images (compute, projected)", 30 * per_epoch + inside["startup_s"], "s",
-                            "30 x 2940 / img/s + start-up"))
+            n = bench.PUBLIC_TRAIN_IMAGES
+            per_epoch = n / inside["img_s"]
+            rows.append(Row(f"one 30-epoch trial on {n:,} images (compute, projected)", 30 * per_epoch + inside["startup_s"], "s",
+                            f"30 x {n} / img/s + start-up"))
         ray.shutdown()
     print(bench.format_table(rows))
     return 0
