@@ -7,7 +7,9 @@ helpers do use pyplot; those figures are closed right after saving.
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -148,13 +150,22 @@ def _save_pyplot(ax: Axes, path: Path | str) -> Path:
         plt.close(ax.figure)
 
 
+@contextlib.contextmanager
+def _optuna_plots_are_experimental():
+    """Optuna warns on every call of its matplotlib plots that they are experimental; silenced at these
+    calls only, so any other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def optuna_history_png(study: optuna.Study | None, path: Path | str) -> Path:
     """Write Optuna's optimisation history, or a message PNG when there is nothing to show."""
     problem = _study_problem(study, min_complete=1)
     if problem:
         return message_png(path, "Optimisation history", problem)
     # Optuna calls plt.style.use("ggplot"); rc_context keeps that from leaking out.
-    with matplotlib.rc_context():
+    with matplotlib.rc_context(), _optuna_plots_are_experimental():
         return _save_pyplot(optuna_plots.plot_optimization_history(study), path)
 
 
@@ -174,7 +185,7 @@ def optuna_importance_png(study: optuna.Study | None, path: Path | str) -> Path:
     if problem:
         return message_png(path, title, problem)
     try:
-        with matplotlib.rc_context():
+        with matplotlib.rc_context(), _optuna_plots_are_experimental():
             return _save_pyplot(optuna_plots.plot_param_importances(study), path)
     except Exception as error:  # noqa: BLE001 - a missing importance plot must never lose the evaluation
         return message_png(path, title, f"Parameter importances could not be computed: {error}")

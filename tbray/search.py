@@ -55,6 +55,23 @@ def train_settings(cfg: SearchConfig, plan: cluster.Plan) -> TrainSettings:
     )
 
 
+def close_orphaned_trials(cfg: SearchConfig) -> int:
+    """Mark FAIL the Optuna trials still RUNNING once every Tune trial has ended; returns how many.
+
+    A driver killed mid-trial leaves that trial RUNNING in optuna.db; on resume Tune restarts the trial
+    and its searcher asks Optuna for a new one, so the old one would show as running forever (in
+    optuna-dashboard too). Called only when the search has finished, so no live trial is touched.
+    """
+    study = optuna.load_study(study_name="tbray", storage=f"sqlite:///{runfolder.study_path(cfg)}")
+    orphans = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+    for number in orphans:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    if orphans:
+        study.set_user_attr("tbray_orphaned_trials", {"numbers": orphans, "note": "RUNNING when a session was "
+                            "interrupted; its Tune trial was restarted under a new Optuna trial"})
+    return len(orphans)
+
+
 def run(cfg: SearchConfig) -> int:
     """The whole search; returns the process exit code."""
     run_dir = runfolder.path(cfg)
@@ -108,6 +125,9 @@ def run(cfg: SearchConfig) -> int:
     if trials.interrupted(grid, cfg) or interrupt.requested():
         print(f"tbray: search {interrupt.reason()}; continue with: {runfolder.resume_command(cfg)}")
         return interrupt.exit_code()
+    if orphans := close_orphaned_trials(cfg):
+        print(f"tbray: {orphans} Optuna trial(s) an interrupted session left RUNNING marked FAIL (their Tune "
+              "trials were restarted under new Optuna trials)")
     best = trials.best(table, history, cfg)
     if best is None:
         first = table["error"].dropna() if "error" in table else []
