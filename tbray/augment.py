@@ -48,9 +48,8 @@ def random_intensity(x: torch.Tensor, generator: torch.Generator | None = None) 
 
 
 def normalise(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """[B, 1, H, W] in [0, 1] -> [B, 3, H, W] channels_last, as the ImageNet backbone expects."""
-    x = (x - mean) / std
-    return x.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
+    """[B, 1, H, W] in [0, 1] -> (x - mean) / std, channels_last, for the one-channel stem (tbray.model)."""
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
 def prepare(batch_u8: torch.Tensor, mean: float, std: float, train: bool,

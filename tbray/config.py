@@ -37,8 +37,8 @@ class TrainSettings:
     """Fixed for every trial of a search: how one trial trains, whatever Optuna picked."""
 
     model: str = "tf_efficientnet_lite0"  # timm name; the only EfficientNet with weights bundled offline
-    mean: tuple[float, ...] = (0.5,)  # filled from the model's pretrained_cfg, never by hand
-    std: tuple[float, ...] = (0.5,)
+    mean: float = 0.5  # of the one gray input channel: from the model's pretrained_cfg (model.gray_stats)
+    std: float = 0.5
     num_workers: int = 1  # Ray Train workers per trial (= GPUs per trial, or 1 CPU worker)
     use_gpu: bool = False
     cpus_per_worker: int = 1  # data sits decoded in memory, so workers need few CPUs

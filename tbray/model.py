@@ -31,30 +31,37 @@ def check_name(name: str) -> None:
 
 
 def create(name: str, state: dict | None = None) -> torch.nn.Module:
-    """A timm EfficientNet with one TB logit; `state` (a backbone state dict) is loaded if given."""
-    model = timm.create_model(name, pretrained=False, num_classes=1)
+    """A timm EfficientNet with one grayscale input channel and one TB logit.
+
+    With `state` (an ImageNet backbone state dict), timm loads it and adapts it: the RGB stem's
+    weights are summed into one channel, which is exact for a gray image copied to three channels and
+    a third of the stem's work, and the 1000-class head is dropped (num_classes=1).
+    """
+    kwargs = {"num_classes": 1, "in_chans": 1}
+    try:
+        if state is None:
+            model = timm.create_model(name, pretrained=False, **kwargs)
+        else:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **kwargs)
+    except RuntimeError as exc:  # load_state_dict: missing keys or other shapes
+        raise UserError(f"pretrained weights don't fit {name}: {str(exc).splitlines()[0][:200]}; "
+                        f"pass --weights saved from this --model, or --no-pretrained")
     # timm's EfficientNet init scales the head by 1/sqrt(outputs): with one output that is U(-1, 1),
     # logits of +-50 on pretrained features and saturated scores. Start near P(TB) = 0.5 instead.
     head = model.get_classifier()
     torch.nn.init.normal_(head.weight, std=0.01)
     torch.nn.init.zeros_(head.bias)
-    if state is not None:
-        load_backbone(model, state)
     return model
 
 
-def load_backbone(model: torch.nn.Module, state: dict) -> None:
-    """Load every tensor whose name and shape match; the 1000-class ImageNet head never does."""
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in own if k not in usable and not k.startswith(model.default_cfg["classifier"])]
-    if missing:
-        raise UserError(
-            f"pretrained weights don't fit {model.default_cfg['architecture']}: "
-            f"{len(missing)} tensors missing or of another shape, first {missing[0]!r}; "
-            f"pass --weights saved from this --model, or --no-pretrained"
-        )
-    model.load_state_dict(usable, strict=False)
+def gray_stats(name: str) -> tuple[float, float]:
+    """The one-channel input's mean and std: the averages of the pretrained_cfg's RGB values.
+
+    The adapted stem sums the RGB filters, which matches the RGB model exactly when all three channels
+    are normalised alike: true for the tf_ (Lite) family (0.5, 0.5), within 0.04 for ImageNet's.
+    """
+    stats = input_stats(name)
+    return sum(stats["mean"]) / len(stats["mean"]), sum(stats["std"]) / len(stats["std"])
 
 
 def input_stats(name: str) -> dict:

@@ -47,9 +47,9 @@ def make_tuner(cfg: SearchConfig, trainable, storage: str, max_concurrent: int) 
 
 def train_settings(cfg: SearchConfig, plan: cluster.Plan) -> TrainSettings:
     """What every trial trains with: the model's own input statistics, the workers the plan allows."""
-    stats = tbmodel.input_stats(cfg.model)
+    mean, std = tbmodel.gray_stats(cfg.model)
     return TrainSettings(
-        model=cfg.model, mean=tuple(stats["mean"]), std=tuple(stats["std"]),
+        model=cfg.model, mean=mean, std=std,
         num_workers=plan.workers_per_trial, use_gpu=plan.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
         worker_resources=dict(cfg.worker_resources), seed=cfg.seed, metric=cfg.metric, mode=cfg.mode,
     )

@@ -11,7 +11,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -56,7 +55,7 @@ def worker_loop(spec: TrialSpec) -> None:
     torch.manual_seed(settings.seed + rank)
     device = ray.train.torch.get_device()
     node_id = ray.get_runtime_context().get_node_id()  # which node ran the trial, for the record
-    mean, std = float(np.mean(settings.mean)), float(np.mean(settings.std))
+    mean, std = settings.mean, settings.std
 
     # Data: decoded once on the driver, one shared copy per node in the object store.
     data = ray.get(spec.data)

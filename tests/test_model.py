@@ -49,21 +49,26 @@ def test_create_gives_one_logit_and_loads_the_backbone():
     state = donor.state_dict()
     net = tbmodel.create("test_efficientnet", state)
     own = net.state_dict()
-    assert torch.equal(own["conv_stem.weight"], state["conv_stem.weight"])
+    # One gray channel: timm sums the RGB stem filters, exact for a gray image copied to 3 channels.
+    assert torch.allclose(own["conv_stem.weight"], state["conv_stem.weight"].sum(1, keepdim=True))
     assert torch.equal(own["bn2.running_var"], state["bn2.running_var"])
     assert own["classifier.weight"].shape[0] == 1  # the 1000-class head is not taken
     net.eval()
     with torch.no_grad():
-        out = net(torch.randn(2, 3, 32, 32))
+        out = net(torch.randn(2, 1, 32, 32))
+        rgb = donor.eval()
+        rgb.reset_classifier(1)
+        rgb.classifier.load_state_dict(net.classifier.state_dict())
+        gray = torch.rand(2, 1, 32, 32)
+        torch.testing.assert_close(net(gray), rgb(gray.expand(-1, 3, -1, -1)), atol=1e-5, rtol=1e-4)
     assert out.shape == (2, 1)
-    assert tbmodel.create("test_efficientnet").eval()(torch.randn(1, 3, 32, 32)).shape == (1, 1)
+    assert tbmodel.create("test_efficientnet").eval()(torch.randn(1, 1, 32, 32)).shape == (1, 1)
 
 
-def test_load_backbone_refuses_another_architecture():
+def test_weights_of_another_architecture_are_refused():
     other = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
-    net = timm.create_model("test_efficientnet", pretrained=False, num_classes=1)
     with pytest.raises(UserError) as err:
-        tbmodel.load_backbone(net, other)
+        tbmodel.create("test_efficientnet", other)
     message = str(err.value)
     assert message.startswith("pretrained weights don't fit test_efficientnet:")
     assert "--weights" in message and "--no-pretrained" in message
@@ -150,6 +155,6 @@ def test_new_head_starts_near_even_odds(monkeypatch):
     state, _ = tbmodel.pretrained_state("tf_efficientnet_lite0", None, True)
     model = tbmodel.create("tf_efficientnet_lite0", state).eval()
     with torch.no_grad():
-        logits = model(torch.rand(8, 3, 96, 96) * 2 - 1)
+        logits = model(torch.rand(8, 1, 96, 96) * 2 - 1)
     assert logits.shape == (8, 1)
     assert logits.abs().max() < 1.0
