@@ -43,7 +43,7 @@ def frames(rows: list[tuple], tmp_path) -> tuple[pd.DataFrame, pd.DataFrame]:
 @pytest.mark.parametrize("case, mode, rows, expected", BEST, ids=[b[0] for b in BEST])
 def test_best(tmp_path, case, mode, rows, expected):
     table, history = frames(rows, tmp_path)
-    best = trials.best(table, history, SearchConfig(mode=mode))
+    best = trials.best(table, history, SearchConfig(metric="val_auroc", mode=mode))
     assert (best["trial_id"], best["epoch"]) == expected, case
     assert best["checkpoint"] == str(tmp_path / f"{expected[0]}-checkpoint_{expected[1]}")
     assert best["value"] == history.set_index(["trial_id", "epoch"]).loc[expected, "val_auroc"]
