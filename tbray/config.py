@@ -9,6 +9,9 @@ from pathlib import Path
 from ray import tune
 
 
+EVAL_BATCH_SIZE = 128  # scoring keeps no gradients, so it takes bigger batches than training; used everywhere
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """What Optuna may choose per trial; each list can be overridden on the command line."""
@@ -44,7 +47,7 @@ class TrainSettings:
     cpus_per_worker: int = 1  # data sits decoded in memory, so workers need few CPUs
     worker_resources: dict = field(default_factory=dict)  # custom Ray resources each worker asks for, as given
     warmup_epochs: float = 1.0  # linear warm-up before the cosine decay
-    eval_batch_size: int = 128  # validation has no gradients, so it takes bigger batches
+    eval_batch_size: int = EVAL_BATCH_SIZE
     seed: int = 0
     metric: str = "val_loss"  # the search metric; each epoch also reports its best so far as best_<metric>
     mode: str = "min"

@@ -21,7 +21,7 @@ from tbray.errors import UserError
 
 def load_best(checkpoint: str, cfg: SearchConfig) -> dict:
     """The checkpoint's contents, from the run folder or from shared storage."""
-    filesystem = pyarrow.fs.FileSystem.from_uri(cfg.storage)[0] if cfg.storage and "://" in cfg.storage else None
+    filesystem = runfolder.remote_filesystem(cfg)
     return inference.load_checkpoint(_local_copy(checkpoint, filesystem))
 
 

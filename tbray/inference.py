@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from tbray import augment
 from tbray import model as tbmodel
+from tbray.config import EVAL_BATCH_SIZE
 from tbray.errors import UserError
 
-EVAL_BATCH_SIZE = 128  # no gradients are kept, so scoring takes bigger batches than training
 MODEL_FIELDS = ("model", "model_name", "image_size", "mean", "std", "threshold")  # what every model file has
 MAX_IMAGE_SIZE = 2048  # larger than any EfficientNet input; a bigger value in a file is a doctored file
 

@@ -53,7 +53,7 @@ def run(model_file: Path, paths: list[Path], threshold: float | None = None) -> 
         raise UserError(f"{', '.join(map(str, paths))}: none of the {len(files)} image(s) could be read, "
                         f"first {rows[0]['path']}: {rows[0]['error']}")
     if images:
-        scores = inference.score_images(saved, np.stack(images), batch_size=64)
+        scores = inference.score_images(saved, np.stack(images))
         rows += [{"path": str(f), "p_tb": float(s), "prediction": "Tuberculosis" if s >= threshold else "Normal",
                   "error": None} for f, s in zip(good, scores)]
     return pd.DataFrame(rows, columns=["path", "p_tb", "prediction", "error"]).assign(threshold=threshold)

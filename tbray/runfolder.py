@@ -72,6 +72,15 @@ def storage_root(cfg: SearchConfig) -> str:
     return f"{cfg.storage.rstrip('/')}/{cfg.name}" if cfg.storage else str(path(cfg).resolve())
 
 
+def remote_filesystem(cfg: SearchConfig):
+    """The pyarrow filesystem of --storage when it is a URI (s3://, gs://), else None (a local or NFS path)."""
+    if cfg.storage and "://" in cfg.storage:
+        import pyarrow.fs
+
+        return pyarrow.fs.FileSystem.from_uri(cfg.storage)[0]
+    return None
+
+
 def resume_command(cfg: SearchConfig) -> str:
     """What to type to continue this search, from any folder: the script and the results by absolute path."""
     script = Path(__file__).resolve().parent.parent / "tune" / "search.py"

@@ -8,6 +8,7 @@ import pandas as pd
 import pyarrow.fs
 from ray.tune import ExperimentAnalysis, Result, ResultGrid
 
+from tbray import runfolder
 from tbray.config import SearchConfig
 
 PARAMS = ["epochs", "batch_size", "image_size", "lr", "weight_decay"]
@@ -105,8 +106,7 @@ def checkpoint_exists(path: str, cfg: SearchConfig) -> bool:
     """Whether a reported checkpoint is still kept (Train deletes all but the best and the latest)."""
     if not isinstance(path, str) or not path:
         return False
-    if cfg.storage and "://" in cfg.storage:
-        fs, _ = pyarrow.fs.FileSystem.from_uri(cfg.storage)
+    if (fs := runfolder.remote_filesystem(cfg)) is not None:
         return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
     return Path(path).exists()
 
