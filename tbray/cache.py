@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tbray import data
+from tbray.errors import UserError
 
 
 def path_for(cache_dir: Path, key: str, size: int) -> Path:
@@ -24,8 +25,12 @@ def path_for(cache_dir: Path, key: str, size: int) -> Path:
 
 
 def _decode(root: Path, rel: str, sizes: list[int]) -> list[np.ndarray]:
-    """One decode, every size."""
-    gray = data.load_gray(root / rel)
+    """One decode, every size; a file gone or broken since the data were checked is a UserError naming it."""
+    try:
+        gray = data.load_gray(root / rel)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{root / rel}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}; it was "
+                        "usable when the data were checked: restore it, or start a new search without it")
     return [data.resize(gray, s) for s in sizes]
 
 

@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 from sklearn.metrics import classification_report
 
-from tbray import CLASS_NAMES, plots
+from tbray import CLASS_NAMES, model_card, plots
 from tbray.metrics import epoch_metrics
 from tbray.report_page import is_missing, markdown
 
@@ -124,6 +124,7 @@ def write(run_dir: Path, *, evaluation: dict, val_labels, val_scores, test_label
                    history=history, best=best, config=config, data_summary=data_summary, external=external)
     # report.md first, report.json last and atomically: a report.json means the run finished.
     _write_atomic(run_dir / "report.md", markdown(report))
+    _write_atomic(run_dir / "model_card.md", model_card.markdown(report))
     # allow_nan=False: a NaN that slipped through must fail loudly, not write invalid JSON.
     _write_atomic(run_dir / "report.json", json.dumps(report, indent=2, allow_nan=False))
     return report

@@ -191,6 +191,7 @@ def _refuse_taken(cfg: SearchConfig, run_dir: Path) -> bool:
 def prepare(cfg: SearchConfig) -> Prepared:
     """Check the data, fix the split, and write the run folder's data files and options."""
     run_dir = path(cfg)
+    _check_writable(Path(cfg.results))
     _refuse_taken(cfg, run_dir)  # early, so a taken name costs no data scan
     found = data.discover(data_root(cfg), min_side=cfg.min_image_size)
     split = choose_split(cfg, found)
@@ -205,6 +206,22 @@ def prepare(cfg: SearchConfig) -> Prepared:
     prepared = Prepared(found.root, split, found.skipped, found.ignored, pairs)
     _announce(prepared)
     return prepared
+
+
+def _check_writable(results: Path) -> None:
+    """--results must be a folder this process can write to: checked before any data is scanned.
+
+    By trying it (a probe file), not by permission bits, which root and read-only mounts both defeat.
+    """
+    if results.exists() and not results.is_dir():
+        raise UserError(f"{results}: --results is a file, not a folder")
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        probe = results / f".tbray-write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{results}: cannot write run folders there ({exc.strerror or exc}); pass another --results")
 
 
 def _announce(p: Prepared) -> None:

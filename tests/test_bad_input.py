@@ -100,6 +100,8 @@ CASES = {
                            lambda p: f"--external site: {p['one']}: only one class present"),
     "external_empty_class": (lambda p: ["--data", p["good"], *TINY, "--external", f"x={p['emptyclass']}", *NOWHERE],
                              lambda p: f"--external x: {p['emptyclass'] / 'Tuberculosis'}: class folder is empty"),
+    "results_is_a_file": (lambda p: ["--data", p["good"], *TINY, "--results", p["randomcsv"], *NOWHERE],
+                          lambda p: f"{p['randomcsv']}: --results is a file, not a folder"),
     "resume_without_name": (lambda p: ["--resume", "--results", p["results"], *NOWHERE],
                             lambda p: "--resume needs --name NAME"),
     "resume_unknown_name": (lambda p: ["--resume", "--name", "ghost", "--results", p["results"], *NOWHERE],

@@ -77,3 +77,16 @@ def test_training_on_the_cache_equals_training_on_plain_decodes(ray_address, tin
     for key in ("val_loss", "val_auroc", "val_accuracy", "train_loss"):
         assert a[key] == pytest.approx(b[key], abs=1e-6), key
     assert a["epoch"] == 2
+
+
+def test_an_image_deleted_after_the_check_is_named_in_one_user_error(tmp_path):
+    from tbray import demo
+    from tbray.errors import UserError
+
+    root = demo.make(tmp_path / "data", n_images=72, size=64)
+    split = data.make_split(data.discover(root, min_side=32).files, 0)
+    gone = root / split["path"].iloc[5]
+    gone.unlink()
+    with pytest.raises(UserError, match=f"{gone}: No such file or directory; it was usable when the data were checked"):
+        cache.build(root, split, [32], tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.npy"))  # no half-built cache left behind

@@ -148,3 +148,17 @@ def test_calibration_writes_a_new_model_and_predict_says_where_its_threshold_cam
     same = _cli("calibrate.py", model, other, "--out", model)
     assert same.returncode == 2 and same.stderr.strip().splitlines() == [
         f"tbray: error: {model}: --out must differ from the model file; the original is kept unchanged"]
+
+
+def test_model_card_is_filled_from_the_report(e2e):
+    tmp_path, _, _ = e2e
+    run = tmp_path / "e2e"
+    card = (run / "model_card.md").read_text()
+    report = json.loads((run / "report.json").read_text())
+    for section in ("## Model details", "## Intended use", "## Training data", "## Metrics",
+                    "## Operating threshold", "## Caveats"):
+        assert section in card, section
+    ev = report["evaluation"]
+    assert f"AUROC {ev['auroc']['value']:.3f} [{ev['auroc']['ci_low']:.3f}" in card
+    assert f"Threshold {report['threshold']:.4f}" in card and "not fit for" in card.lower()
+    assert "External set other (48 images" in card and "Synthetic demo data" not in card
