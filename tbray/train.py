@@ -100,15 +100,26 @@ def worker_loop(spec: TrialSpec) -> None:
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "startup_s": startup_s,
                "epoch_s": time.time() - epoch_start, "node_id": node_id,
                **{f"val_{k}": v for k, v in metrics.epoch_metrics(val_labels, scores).items()}}
-        if best_so_far is None or (row[settings.metric] < best_so_far if settings.mode == "min" else row[settings.metric] > best_so_far):
-            best_so_far = row[settings.metric]
+        best_so_far = better(row[settings.metric], best_so_far, settings.mode)
         row[f"best_{settings.metric}"] = best_so_far  # what Optuna and ASHA see: the trial's best epoch so far
-        state = None if rank else {
-            "model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-            "model_name": settings.model, "image_size": int(data["val"]["images"].shape[-1]), "mean": mean, "std": std,
-            "best_so_far": best_so_far,
-            "params": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": params.weight_decay}}
-        report(row, state)
+        report(row, None if rank else checkpoint_state(spec, model, optimizer, epoch + 1, best_so_far))
+
+
+def better(value: float, best: float | None, mode: str) -> float:
+    """The better of a new epoch's metric and the best so far (None before the first epoch)."""
+    if best is None:
+        return value
+    return min(value, best) if mode == "min" else max(value, best)
+
+
+def checkpoint_state(spec: TrialSpec, model, optimizer, epoch: int, best_so_far: float) -> dict:
+    """What a checkpoint holds: enough to resume training, and to score images with no other file."""
+    settings, params = spec.settings, spec.params
+    return {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+            "model_name": settings.model, "image_size": params.image_size, "mean": settings.mean,
+            "std": settings.std, "best_so_far": best_so_far,
+            "params": {"epochs": params.epochs, "batch_size": params.batch_size, "lr": params.lr,
+                       "weight_decay": params.weight_decay}}
 
 
 def injected_failure() -> tuple[int, int] | None:
