@@ -128,7 +128,7 @@ def check_given(saved: SearchConfig, cfg: SearchConfig, given: dict[str, tuple[s
 def _shown(cfg: SearchConfig, fields: tuple[str, ...]) -> str:
     """The saved value(s) behind one option, for the refusal."""
     values = [_field(cfg, f) for f in fields]
-    return " ".join(str(v) for v in values)
+    return " ".join(",".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in values)
 
 
 def for_resume(cfg: SearchConfig, given: dict[str, tuple[str, ...]] | None = None) -> SearchConfig:
