@@ -81,7 +81,7 @@ def run(cfg: SearchConfig) -> int:
         print(f"(search {cfg.name!r} had already finished; nothing to resume)")
         return 0
     tune_path = f"{runfolder.storage_root(cfg)}/tune"
-    if cfg.resume and tune.Tuner.can_restore(tune_path):  # read-only, before anything is written or started
+    if cfg.resume and tune.Tuner.can_restore(tune_path):  # read-only; before anything is written or started
         check_resumable(runfolder.study_path(cfg), run_dir)
     tbmodel.check_name(cfg.model)
     state, source = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)  # before Ray: fail fast
