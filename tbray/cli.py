@@ -97,6 +97,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# Options whose value is not the SearchConfig field of the same name; --name, --results and --resume say
+# which search to continue, so they are never compared with it.
+_FIELDS = {"epochs": ("space.epochs",), "batch_sizes": ("space.batch_sizes",), "image_sizes": ("space.image_sizes",),
+           "lr_range": ("space.lr_min", "space.lr_max"), "no_pretrained": ("pretrained",),
+           "worker_resource": ("worker_resources",)}
+_WHICH_SEARCH = {"name", "results", "resume"}
+
+
+def given_options(argv: list[str] | None) -> dict[str, tuple[str, ...]]:
+    """The options the user typed (not argparse's defaults), each with the SearchConfig settings it fills.
+
+    Parsed again into a namespace that holds a marker for every option (argparse fills in a default only
+    where the namespace has none), so an option typed with its default value still counts as typed. The
+    repeatable options (default []) can't hold the marker, as argparse appends to it: typed if not empty.
+    """
+    p, unset = parser(), object()
+    defaults = vars(p.parse_args([]))
+    marked = argparse.Namespace(**{dest: unset for dest, value in defaults.items() if not isinstance(value, list)})
+    typed = [dest for dest, value in vars(p.parse_args(argv, marked)).items() if value is not unset and value != []]
+    return {f"--{dest.replace('_', '-')}": _FIELDS.get(dest, (dest,)) for dest in typed
+            if dest not in _WHICH_SEARCH}
+
+
 def _absolute(path: Path | None) -> Path | None:
     """The path from the current folder, made absolute (without following links) so that search.json
     and the printed resume command mean the same files from any folder a resume is started in."""
@@ -149,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         from tbray import search  # Ray and torch load only once the options are known to be sane
 
         if cfg.resume:
-            cfg = runfolder.for_resume(cfg)
+            cfg = runfolder.for_resume(cfg, given_options(argv))
         return search.run(cfg)
     except UserError as exc:
         print(f"tbray: error: {exc}", file=sys.stderr)

@@ -100,12 +100,56 @@ def load_config(run_dir: Path) -> SearchConfig:
     return SearchConfig(**{k: v for k, v in saved.items() if k in names})
 
 
-def for_resume(cfg: SearchConfig) -> SearchConfig:
-    """The saved options, with what may change between sessions (cluster address, data path) from now."""
+TAKEN_ON_RESUME = {"address", "num_cpus", "data"}  # where the search runs and reads from, not what it does
+# How a session runs its trials; the resumed search keeps the values it started with (Tune restores them).
+KEPT_ON_RESUME = {"max_concurrent", "gpus_per_trial", "cpus_per_worker", "worker_resources", "max_failures"}
+
+
+def _field(cfg: SearchConfig, dotted: str) -> object:
+    """cfg.space.epochs for 'space.epochs': how the CLI names the setting an option fills."""
+    value: object = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_given(saved: SearchConfig, cfg: SearchConfig, given: dict[str, tuple[str, ...]]) -> None:
+    """Refuse options typed with --resume that differ from search.json and would change the search; say which
+    differing ones are taken from now or kept as saved, so no option is dropped silently.
+
+    `given` maps each option the user typed (e.g. '--epochs') to the settings it fills ('space.epochs').
+    """
+    differing = {flag: fields for flag, fields in given.items()
+                 if any(_field(saved, f) != _field(cfg, f) for f in fields)}
+    refused = [flag for flag, fields in differing.items() if not set(fields) <= TAKEN_ON_RESUME | KEPT_ON_RESUME]
+    if refused:
+        shown = ", ".join(f"{flag} ({_shown(saved, differing[flag])} there)" for flag in refused)
+        raise UserError(f"--resume continues the search as it started; these options differ from its search.json: "
+                        f"{shown}; leave them out, or start a new search with another --name")
+    taken = [flag for flag, fields in differing.items() if set(fields) <= TAKEN_ON_RESUME]
+    kept = [flag for flag in differing if flag not in taken]
+    if taken or kept:
+        print("tbray: resuming with " + "; ".join(part for part in (
+            taken and f"{', '.join(taken)} from the command line",
+            kept and f"{', '.join(kept)} ignored (kept as the search started: it sets how trials run)") if part))
+
+
+def _shown(cfg: SearchConfig, fields: tuple[str, ...]) -> str:
+    """The saved value(s) behind one option, for the refusal."""
+    values = [_field(cfg, f) for f in fields]
+    return " ".join(",".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in values)
+
+
+def for_resume(cfg: SearchConfig, given: dict[str, tuple[str, ...]] | None = None) -> SearchConfig:
+    """The saved options, with what may change between sessions (cluster address, data path) from now.
+
+    `given`: the options typed on the command line and the settings each fills (see check_given).
+    """
     run_dir = path(cfg)
     if not (run_dir / "search.json").exists():
         raise UserError(f"{run_dir}: no search to resume there (no search.json)")
     saved = load_config(run_dir)
+    check_given(saved, cfg, given or {})
     return dataclasses.replace(saved, resume=True, results=cfg.results, address=cfg.address,
                                num_cpus=cfg.num_cpus, data=cfg.data or saved.data)
 

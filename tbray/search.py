@@ -3,7 +3,7 @@
     run(config)
       prepare the run folder: data found and checked, split.csv, skipped.csv
       connect to Ray, check the cluster can hold a trial, decode the images once
-      Tuner(trial, OptunaSearch, ASHAScheduler).fit()      (or .restore() with --resume)
+      Tuner(trial, OptunaSearch, ASHAScheduler).fit()      (or .restore() with --resume, if optuna.db reads)
         trial (tbray.driver): one TorchTrainer per trial, named by the trial id
           worker_loop (tbray.train): on each Ray Train worker, DDP, reports every epoch
       trials.csv, the best checkpoint evaluated once on the test split, the report
@@ -24,6 +24,7 @@ from tbray import model as tbmodel
 from tbray.config import SearchConfig, TrainSettings
 from tbray.driver import trial
 from tbray.errors import SearchFailed, UserError
+from tbray.study import check_resumable
 
 
 def make_tuner(cfg: SearchConfig, trainable, storage: str, max_concurrent: int) -> tune.Tuner:
@@ -79,6 +80,9 @@ def run(cfg: SearchConfig) -> int:
         print(report_page.summary_table(json.loads((run_dir / "report.json").read_text())))
         print(f"(search {cfg.name!r} had already finished; nothing to resume)")
         return 0
+    tune_path = f"{runfolder.storage_root(cfg)}/tune"
+    if cfg.resume and tune.Tuner.can_restore(tune_path):  # read-only; before anything is written or started
+        check_resumable(runfolder.study_path(cfg), run_dir)
     tbmodel.check_name(cfg.model)
     state, source = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)  # before Ray: fail fast
     # External sets are checked before anything is written, so a wrong folder leaves no run folder behind.
@@ -111,7 +115,6 @@ def run(cfg: SearchConfig) -> int:
         # actor that asks for nothing, so it asks for a token 1 MiB of memory instead.
         {"CPU": 0, "memory": 2**20},
     )
-    tune_path = f"{storage}/tune"
     if cfg.resume and tune.Tuner.can_restore(tune_path):
         tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
     else:
