@@ -54,7 +54,7 @@ def _external(text: str) -> tuple[str, Path]:
 
 
 def parser() -> argparse.ArgumentParser:
-    d, s = SearchConfig(), SearchSpace()
+    defaults, space_defaults = SearchConfig(), SearchSpace()
     p = argparse.ArgumentParser(prog="tune/search.py", description=(
         "Search EfficientNet hyperparameters for TB vs Normal chest X-rays with Ray Tune + Optuna, then "
         "evaluate the best checkpoint once on the held-out test split."))
@@ -64,31 +64,31 @@ def parser() -> argparse.ArgumentParser:
     data.add_argument("--split-file", type=Path, help="reuse a split.csv, or a folder of TB-Net style split CSVs")
     data.add_argument("--external", action="append", default=[], type=_external, metavar="NAME=PATH",
                       help="labelled X-rays from elsewhere, scored once by the best model (repeatable)")
-    data.add_argument("--min-image-size", type=_positive, default=d.min_image_size, help="skip smaller images (px)")
+    data.add_argument("--min-image-size", type=_positive, default=defaults.min_image_size, help="skip smaller images (px)")
     space = p.add_argument_group("search space")
-    space.add_argument("--epochs", type=_ints, default=s.epochs, help="choices, e.g. 10,20,30")
-    space.add_argument("--batch-sizes", type=_ints, default=s.batch_sizes, help="choices, e.g. 16,32,64")
-    space.add_argument("--image-sizes", type=_ints, default=s.image_sizes, help="choices, e.g. 224,256,320")
-    space.add_argument("--lr-range", type=float, nargs=2, default=(s.lr_min, s.lr_max), metavar=("MIN", "MAX"))
+    space.add_argument("--epochs", type=_ints, default=space_defaults.epochs, help="choices, e.g. 10,20,30")
+    space.add_argument("--batch-sizes", type=_ints, default=space_defaults.batch_sizes, help="choices, e.g. 16,32,64")
+    space.add_argument("--image-sizes", type=_ints, default=space_defaults.image_sizes, help="choices, e.g. 224,256,320")
+    space.add_argument("--lr-range", type=float, nargs=2, default=(space_defaults.lr_min, space_defaults.lr_max), metavar=("MIN", "MAX"))
     search = p.add_argument_group("search")
-    search.add_argument("--model", default=d.model, help="any timm EfficientNet, e.g. efficientnet_b0")
+    search.add_argument("--model", default=defaults.model, help="any timm EfficientNet, e.g. efficientnet_b0")
     search.add_argument("--weights", type=Path, help="start from this state dict (loaded with weights_only=True)")
     search.add_argument("--no-pretrained", action="store_true", help="random initialisation")
-    search.add_argument("--num-samples", type=_positive, default=d.num_samples, help="trials in total")
+    search.add_argument("--num-samples", type=_positive, default=defaults.num_samples, help="trials in total")
     search.add_argument("--max-concurrent", type=_positive, help="default: what the cluster's GPUs allow")
     search.add_argument("--gpus-per-trial", type=int, help="DDP workers per trial, one GPU each (0: CPU)")
-    search.add_argument("--cpus-per-worker", type=_positive, default=d.cpus_per_worker)
+    search.add_argument("--cpus-per-worker", type=_positive, default=defaults.cpus_per_worker)
     search.add_argument("--worker-resource", action="append", default=[], type=_resource, metavar="NAME=AMOUNT",
                         help="a custom Ray resource each worker asks for (repeatable)")
-    search.add_argument("--metric", default=d.metric, choices=["val_auroc", "val_loss", "val_f1", "val_accuracy",
+    search.add_argument("--metric", default=defaults.metric, choices=["val_auroc", "val_loss", "val_f1", "val_accuracy",
                                                                "val_sensitivity", "val_specificity"])
     search.add_argument("--mode", default=None, choices=["max", "min"], help="default: min for val_loss, else max")
-    search.add_argument("--grace-period", type=_positive, default=d.grace_period, help="ASHA: epochs before a stop")
-    search.add_argument("--max-failures", type=int, default=d.max_failures, help="worker restarts per trial")
-    search.add_argument("--target-sensitivity", type=float, default=d.target_sensitivity)
-    search.add_argument("--seed", type=int, default=d.seed)
+    search.add_argument("--grace-period", type=_positive, default=defaults.grace_period, help="ASHA: epochs before a stop")
+    search.add_argument("--max-failures", type=int, default=defaults.max_failures, help="worker restarts per trial")
+    search.add_argument("--target-sensitivity", type=float, default=defaults.target_sensitivity)
+    search.add_argument("--seed", type=int, default=defaults.seed)
     run = p.add_argument_group("run")
-    run.add_argument("--results", type=Path, default=d.results, help="run folders go here")
+    run.add_argument("--results", type=Path, default=defaults.results, help="run folders go here")
     run.add_argument("--name", help="run folder name (default: a timestamp)")
     run.add_argument("--resume", action="store_true", help="continue the search in --name")
     run.add_argument("--address", help="Ray cluster address ('auto' on a cluster node); default: start local Ray")

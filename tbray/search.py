@@ -86,7 +86,8 @@ def run(cfg: SearchConfig) -> int:
     tbmodel.check_name(cfg.model)
     state, source = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)  # before Ray: fail fast
     # External sets are checked before anything is written, so a wrong folder leaves no run folder behind.
-    found_external = {name: external.discover(f"--external {name}", folder, cfg.min_image_size) for name, folder in cfg.external.items()}
+    found_external = {name: external.discover(f"--external {name}", folder, cfg.min_image_size)
+                      for name, folder in cfg.external.items()}
     prepared = runfolder.prepare(cfg)  # data checked, split fixed, run folder written
     externals = [external.without_copies(name, found, prepared.split) for name, found in found_external.items()]
     n_train = int((prepared.split["split"] == "train").sum())
@@ -96,19 +97,24 @@ def run(cfg: SearchConfig) -> int:
 
     plan = cluster.plan(cfg, cluster.connect(cfg))
     interrupt.install()  # over the handlers ray.init and Ray's core put on SIGTERM, which abort the driver
-    settings = train_settings(cfg, plan)
 
     # Decode once: one uint8 array per image size, shared with every trial through the object store.
     arrays = cache.build(prepared.root, prepared.split, list(cfg.space.image_sizes), runfolder.cache_dir(cfg))
+    print(f"tbray: weights from {source}; {plan.describe()}")
+    grid = fit(cfg, plan, prepared, arrays, state, tune_path)
+    return finish(cfg, grid, prepared, arrays, plan, externals)
+
+
+def fit(cfg: SearchConfig, plan: cluster.Plan, prepared: runfolder.Prepared, arrays: dict, state: dict | None,
+        tune_path: str):
+    """Every trial, through Tune (new, or restored on --resume); the ResultGrid."""
     data_refs = {size: ray.put({part: cache.subset(prepared.split, cache.load(p), part) for part in ("train", "val")})
                  for size, p in arrays.items()}
-    print(f"tbray: weights from {source}; {plan.describe()}")
     weights_ref = ray.put(state) if state is not None else None
-
     storage = runfolder.storage_root(cfg)
     trainable = tune.with_resources(
         # Refs travel inside a dict: with_parameters would resolve a bare ref into every trial's config.
-        tune.with_parameters(trial, settings=settings, refs={"data": data_refs, "weights": weights_ref},
+        tune.with_parameters(trial, settings=train_settings(cfg, plan), refs={"data": data_refs, "weights": weights_ref},
                              storage=f"{storage}/train", metric=cfg.metric, mode=cfg.mode,
                              max_failures=cfg.max_failures),
         # The trial only drives its Train run, so it takes no CPU from the workers; Tune can't place an
@@ -122,9 +128,14 @@ def run(cfg: SearchConfig) -> int:
     grid = tuner.fit()
     if released := cluster.release_leftover_placement_groups():
         print(f"tbray: released {released} placement group(s) that finished trials still held")
+    return grid
 
+
+def finish(cfg: SearchConfig, grid, prepared: runfolder.Prepared, arrays: dict, plan: cluster.Plan,
+           externals: list) -> int:
+    """What the trials did, then (unless interrupted) the one evaluation of the best checkpoint."""
     table, history = trials.collect(grid, cfg)
-    trials.write(run_dir, table, history)
+    trials.write(runfolder.path(cfg), table, history)
     if trials.interrupted(grid, cfg) or interrupt.requested():
         print(f"tbray: search {interrupt.reason()}; continue with: {runfolder.resume_command(cfg)}")
         return interrupt.exit_code()
