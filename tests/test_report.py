@@ -13,7 +13,7 @@ PNGS = [
     "confusion_matrix.png", "confusion_matrix_0.5.png", "roc.png", "pr.png", "reliability.png",
     "optuna_history.png", "optuna_importance.png", "val_auroc_per_epoch.png",
 ]
-FILES = ["report.json", "report.md", "classification_report.txt", *PNGS]
+FILES = ["report.json", "report.md", "model_card.md", "classification_report.txt", *PNGS]
 SECTIONS = [
     "## Headline test metrics", "## Operating threshold", "## WHO triage target", "## Confusion matrices",
     "## Calibration", "## Best configuration", "## Search summary", "## Data",
@@ -69,8 +69,10 @@ def _write(run_dir, *, demo, duplicates):
         test_labels=test_labels, test_scores=test_scores, trials=trials, history=history, study=_study(),
         best={"trial_id": "t2", "epoch": 2, "params": {"lr": np.float64(1e-3), "batch_size": np.int64(16)},
               "checkpoint": run_dir / "t2" / "checkpoint", "metric": "val_auroc", "value": 0.95},
-        config={"demo": demo, "num_samples": 5, "metric": "val_auroc", "target_sensitivity": 0.9},
-        data_summary={"counts": {"train_normal": 400, "train_tb": 300, "test_normal": 80, "test_tb": 80},
+        config={"demo": demo, "num_samples": 5, "metric": "val_auroc", "mode": "max", "target_sensitivity": 0.9,
+                "model": "test_efficientnet", "pretrained": True},
+        data_summary={"data_root": "/data/TB_Chest_Radiography_Database",
+                      "counts": {"train_normal": 400, "train_tb": 300, "test_normal": 80, "test_tb": 80},
                       "skipped": 2, "duplicates": duplicates},
     )
 

@@ -25,9 +25,9 @@ def test_lr_warms_up_then_decays_to_zero_over_the_trials_own_length():
 def test_prepare_without_augmentation_is_just_normalisation():
     x = torch.tensor([[[0, 255], [128, 64]]], dtype=torch.uint8)
     out = augment.prepare(x, mean=0.5, std=0.5, train=False)
-    assert out.shape == (1, 3, 2, 2)
+    assert out.shape == (1, 1, 2, 2)  # one gray channel: the model's stem takes one (tbray.model.create)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    assert out[0, 0, 0, 0].item() == pytest.approx(-1.0) and out[0, 2, 0, 1].item() == pytest.approx(1.0)
+    assert out[0, 0, 0, 0].item() == pytest.approx(-1.0) and out[0, 0, 0, 1].item() == pytest.approx(1.0)
 
 
 def test_augmentation_differs_per_image_and_stays_in_range():
