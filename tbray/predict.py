@@ -35,9 +35,9 @@ def threshold_origin(saved: dict) -> str:
     return "the model file (it has no record of how the threshold was chosen)"
 
 
-def run(model_file: Path, paths: list[Path], threshold: float | None = None) -> pd.DataFrame:
-    """P(TB) and the call (Tuberculosis when P(TB) >= threshold) for each image; unreadable ones say why."""
-    saved = inference.load_model_file(model_file)
+def run(saved: dict, paths: list[Path], threshold: float | None = None) -> pd.DataFrame:
+    """P(TB) and the call (Tuberculosis when P(TB) >= threshold) for each image of a loaded model file
+    (inference.load_model_file); unreadable images say why."""
     threshold = saved["threshold"] if threshold is None else threshold
     rows, good, images = [], [], []
     files = images_under(paths)

@@ -24,7 +24,7 @@ def main() -> int:
         origin = "--threshold" if args.threshold is not None else predict.threshold_origin(saved)
         threshold = saved["threshold"] if args.threshold is None else args.threshold
         print(f"tbray: threshold {threshold:.4f} from {origin}", file=sys.stderr)
-        table = predict.run(args.model, args.images, args.threshold)
+        table = predict.run(saved, args.images, args.threshold)
     except UserError as exc:
         print(f"tbray: error: {exc}", file=sys.stderr)
         return 2
