@@ -14,6 +14,7 @@ from pathlib import Path
 import ray
 import yaml
 
+from tbray import reaper
 from tbray.config import SearchConfig
 from tbray.errors import UserError
 
@@ -70,6 +71,9 @@ def _forwarded_env() -> dict | None:
     return {"env_vars": env} if env else None
 
 
+_watchdog = None  # the reaper of the local Ray this process started, if any
+
+
 def start_local(num_cpus: int | None):
     """A local Ray whose every process knows its own address.
 
@@ -87,7 +91,10 @@ def start_local(num_cpus: int | None):
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
     # The dashboard always: Train V2's placement-group cleanup works through the state API it serves.
-    return ray.init(address="local", num_cpus=num_cpus, include_dashboard=True)
+    context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True)
+    global _watchdog  # held for the driver's lifetime: its pipe closing is what tells the watchdog to act
+    _watchdog = reaper.watch()
+    return context
 
 
 def autoscaling_limits(path: Path = AUTOSCALING_CONFIG) -> dict[str, float] | None:

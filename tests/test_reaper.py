@@ -1,0 +1,70 @@
+"""A local Ray that a search started goes with it, even after `kill -9` of the search."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+from conftest import TINY, start_cli, wait_for
+from tbray import reaper
+
+
+def alive(known: dict[int, float]) -> dict[int, str]:
+    """pid -> name of the processes in `known` still running as themselves."""
+    left = {}
+    for pid, started in known.items():
+        try:
+            process = psutil.Process(pid)
+            if process.create_time() == started and process.status() != psutil.STATUS_ZOMBIE:
+                left[pid] = process.name()
+        except psutil.NoSuchProcess:
+            continue
+    return left
+
+
+def test_kill_9_of_a_search_takes_its_local_ray_along(tiny_data, tmp_path):
+    proc = start_cli("--data", tiny_data, "--results", tmp_path, "--name", "k9", *TINY, "--num-samples", "1",
+                     "--num-cpus", "1")
+    try:
+        # Trials run, so the raylet and both its agents are up.
+        wait_for(lambda: (tmp_path / "k9" / "tune").is_dir(), 400, "the search's trials", proc)
+        ray_processes = reaper.descendants(proc.pid)
+        names = " ".join(alive(ray_processes).values())
+        assert "raylet" in names and "gcs_server" in names and "DashboardAgent" in names, names
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        # Ray's agents alone wait 60 s on a dead GCS; with the reaper everything is gone within seconds.
+        deadline = time.time() + 20
+        while alive(ray_processes) and time.time() < deadline:
+            time.sleep(0.5)
+        assert alive(ray_processes) == {}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_the_reaper_kills_what_a_dead_parent_left_and_spares_the_rest(tmp_path):
+    # A parent with a grandchild; the parent is killed and the grandchild must follow. A bystander lives.
+    script = "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(120)']); " \
+             "from tbray import reaper; w = reaper.watch(); time.sleep(120)"
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        family = wait_for(lambda: {p: t for p, t in reaper.descendants(parent.pid).items()
+                                   if "tbray.reaper" not in " ".join(psutil.Process(p).cmdline())} or None,
+                          30, "the parent's child")
+        time.sleep(2 * reaper.REFRESH_S + 1)  # the watchdog has listed the child by now
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 10
+        while alive(family) and time.time() < deadline:
+            time.sleep(0.2)
+        assert alive(family) == {}
+        assert bystander.poll() is None
+    finally:
+        for p in (parent, bystander):
+            p.kill()
