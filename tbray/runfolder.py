@@ -150,7 +150,10 @@ def for_resume(cfg: SearchConfig, given: dict[str, tuple[str, ...]] | None = Non
         raise UserError(f"{run_dir}: no search to resume there (no search.json)")
     saved = load_config(run_dir)
     check_given(saved, cfg, given or {})
-    return dataclasses.replace(saved, resume=True, results=cfg.results, address=cfg.address,
+    # A run folder renamed or moved since is resumed where it is now, under its folder's name; with --storage
+    # the trials live under the saved name in that storage, which moving the local folder did not rename.
+    name = saved.name if saved.storage else cfg.name
+    return dataclasses.replace(saved, name=name, resume=True, results=cfg.results, address=cfg.address,
                                num_cpus=cfg.num_cpus, data=cfg.data or saved.data)
 
 

@@ -24,7 +24,7 @@ from tbray import model as tbmodel
 from tbray.config import SearchConfig, TrainSettings
 from tbray.driver import trial
 from tbray.errors import SearchFailed, UserError
-from tbray.study import check_resumable
+from tbray.study import check_resumable, check_startable
 
 
 def make_tuner(cfg: SearchConfig, trainable, storage: str, max_concurrent: int) -> tune.Tuner:
@@ -83,6 +83,8 @@ def run(cfg: SearchConfig) -> int:
     tune_path = f"{runfolder.storage_root(cfg)}/tune"
     if cfg.resume and tune.Tuner.can_restore(tune_path):  # read-only; before anything is written or started
         check_resumable(runfolder.study_path(cfg), run_dir)
+    elif cfg.resume:
+        check_startable(runfolder.study_path(cfg))
     tbmodel.check_name(cfg.model)
     state, source = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)  # before Ray: fail fast
     # External sets are checked before anything is written, so a wrong folder leaves no run folder behind.

@@ -45,3 +45,10 @@ def check_resumable(path: Path, run_dir: Path) -> None:
     where = f"{finished} and {run_dir / 'tune'}" if finished.is_file() else f"{run_dir / 'tune'}"
     raise UserError(f"{path} {problem}, and the resumed search needs the study it was using: put optuna.db back "
                     f"from a backup, or start a new search with another --name (the trials so far are in {where})")
+
+
+def check_startable(path: Path) -> None:
+    """Before a resumed search's first trial: a study file there must read, or the searcher fails on it."""
+    if path.exists() and not readable(path):
+        raise UserError(f"{path} can't be read as an Optuna study (left as it is); no trial has run yet, so nothing "
+                        f"is lost by deleting it: delete it and resume")

@@ -123,9 +123,12 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(ray_address, tiny_data, tmp_pa
     output, _ = proc.communicate(timeout=180)
     assert proc.returncode == 130, output[-3000:]
     assert "--resume --name ctrlc" in output
-    resumed = run_cli("--resume", "--name", "ctrlc", "--results", tmp_path, "--address", ray_address)
+    # The user renames the stopped run's folder; it resumes by its new name, where it now is.
+    (tmp_path / "ctrlc").rename(tmp_path / "renamed")
+    resumed = run_cli("--resume", "--name", "renamed", "--results", tmp_path, "--address", ray_address)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert (pd.read_csv(tmp_path / "ctrlc" / "trials.csv")["status"] != "error").sum() == int(samples[1])
+    assert (pd.read_csv(tmp_path / "renamed" / "trials.csv")["status"] != "error").sum() == int(samples[1])
+    assert (tmp_path / "renamed" / "report.json").is_file() and not (tmp_path / "ctrlc").exists()
 
 
 def test_sigterm_stops_cleanly_and_the_printed_resume_works_from_another_folder(ray_address, tiny_data, tmp_path):

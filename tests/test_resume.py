@@ -33,6 +33,10 @@ def test_resume_refuses_options_that_change_the_search(ray_address, tiny_data, t
     kept = run_cli(*resume, "--max-failures", "5", "--model", "test_efficientnet")
     assert "--max-failures ignored" in kept.stdout and "--model" not in kept.stdout, kept.stdout[-2000:]
     assert "GPU" in error_line(kept, before_ray=False)
+    # No trial has run, so there is no Tune state to check the study against; a corrupt one is still refused.
+    (tmp_path / "opts" / "optuna.db").write_bytes(b"not a database\n" * 100)
+    corrupt = error_line(run_cli(*resume))
+    assert "optuna.db can't be read" in corrupt and "no trial has run yet" in corrupt, corrupt
 
 
 def test_resume_without_its_optuna_study_is_refused_and_leaves_the_folder_as_it_was(ray_address, tiny_data,
