@@ -60,7 +60,9 @@ def connect(cfg: SearchConfig) -> dict:
         print(f"tbray: Ray dashboard at http://{url}{hint}")
     joined = bool(cfg.address or os.environ.get("RAY_ADDRESS"))  # only a cluster's head has its launcher config
     return {"resources": ray.cluster_resources(), "nodes": len([n for n in ray.nodes() if n["Alive"]]),
-            "max_resources": autoscaling_limits() if joined else None}
+            "max_resources": autoscaling_limits() if joined else None,
+            # A local Ray's session folder holds every process's log; tbray.console copies it into the run.
+            "session_dir": None if joined or context is None else context.address_info.get("session_dir")}
 
 
 def _forwarded_env() -> dict | None:
@@ -68,6 +70,14 @@ def _forwarded_env() -> dict | None:
     started here inherits them anyway); None when there are none, so the job keeps the default env."""
     env = {k: v for k, v in os.environ.items() if k.startswith("TBRAY_")}
     return {"env_vars": env} if env else None
+
+
+# Python processes a local Ray would start for nothing (measured on 2 CPUs: a 2-trial search peaked at
+# 10 worker processes and the raylet warned). Ray prestarts one idle worker per CPU for the driver's
+# tasks, but this driver runs no tasks and no actor took those workers over: they sat idle all search.
+# Ray Train starts a preemption watcher per trial that polls for nodes being drained, which a single
+# local machine never is. Both are Ray's own settings, read from the environment by every Ray process.
+LEAN_LOCAL_RAY = {"RAY_prestart_worker_first_driver": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def start_local(num_cpus: int | None):
@@ -86,8 +96,11 @@ def start_local(num_cpus: int | None):
         port = probe.getsockname()[1]
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    os.environ.update(LEAN_LOCAL_RAY)
     # The dashboard always: Train V2's placement-group cleanup works through the state API it serves.
-    return ray.init(address="local", num_cpus=num_cpus, include_dashboard=True)
+    # Workers' and Train controllers' log lines go to the session's log files, not the console
+    # (tbray.console copies them into the run folder); trial errors still reach it through Tune.
+    return ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=False)
 
 
 def autoscaling_limits(path: Path = AUTOSCALING_CONFIG) -> dict[str, float] | None:
