@@ -43,16 +43,20 @@ def connect(cfg: SearchConfig) -> dict:
     # The dashboard's Train tab needs this before Ray starts; the dashboard itself is never turned
     # off, since Train V2's placement-group cleanup relies on the state API it serves.
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
+    session_dir = None  # only for a Ray started here
     if ray.is_initialized():
         context = None
     elif cfg.address or os.environ.get("RAY_ADDRESS"):
         try:
-            context = ray.init(address=cfg.address or os.environ["RAY_ADDRESS"], log_to_driver=True,
+            # Workers' log lines stay in the cluster's logs (`ray logs`, the dashboard), as on a local Ray.
+            context = ray.init(address=cfg.address or os.environ["RAY_ADDRESS"], log_to_driver=False,
                                runtime_env=_forwarded_env())
         except ConnectionError as exc:
             raise UserError(f"cannot reach the Ray cluster at {cfg.address or os.environ['RAY_ADDRESS']}: {exc}")
     else:
         context = start_local(cfg.num_cpus)
+        # A local Ray's session folder holds every process's log; tbray.console copies it into the run.
+        session_dir = context.address_info.get("session_dir")
     url = getattr(context, "dashboard_url", None)
     if url:
         token = Path.home() / ".ray" / "auth_token"
@@ -60,9 +64,7 @@ def connect(cfg: SearchConfig) -> dict:
         print(f"tbray: Ray dashboard at http://{url}{hint}")
     joined = bool(cfg.address or os.environ.get("RAY_ADDRESS"))  # only a cluster's head has its launcher config
     return {"resources": ray.cluster_resources(), "nodes": len([n for n in ray.nodes() if n["Alive"]]),
-            "max_resources": autoscaling_limits() if joined else None,
-            # A local Ray's session folder holds every process's log; tbray.console copies it into the run.
-            "session_dir": None if joined or context is None else context.address_info.get("session_dir")}
+            "max_resources": autoscaling_limits() if joined else None, "session_dir": session_dir}
 
 
 def _forwarded_env() -> dict | None:

@@ -98,6 +98,8 @@ def run(cfg: SearchConfig) -> int:
 
     info = cluster.connect(cfg)
     plan = cluster.plan(cfg, info)
+    if info["session_dir"]:
+        print(f"tbray: Ray's own logs go to {run_dir / 'ray-logs'} when the search ends")
     interrupt.install()  # over the handlers ray.init and Ray's core put on SIGTERM, which abort the driver
 
     # Decode once: one uint8 array per image size, shared with every trial through the object store.
@@ -107,8 +109,7 @@ def run(cfg: SearchConfig) -> int:
         grid = fit(cfg, plan, prepared, arrays, state, tune_path)
         return finish(cfg, grid, prepared, arrays, plan, externals)
     finally:
-        if logs := console.keep_ray_logs(info.get("session_dir"), run_dir):
-            print(f"tbray: Ray's logs of this search in {logs}")
+        console.keep_ray_logs(info["session_dir"], run_dir)
 
 
 def fit(cfg: SearchConfig, plan: cluster.Plan, prepared: runfolder.Prepared, arrays: dict, state: dict | None,
