@@ -89,7 +89,7 @@ def run(cfg: SearchConfig) -> int:
     found_external = {name: external.discover(f"--external {name}", folder, cfg.min_image_size)
                       for name, folder in cfg.external.items()}
     prepared = runfolder.prepare(cfg)  # data checked, split fixed, run folder written
-    tracking.experiment(cfg)  # a wrong --mlflow-uri stops the search before any trial, not after
+    tracking.start(cfg)  # a wrong --mlflow-uri stops the search before any trial, not after
     externals = [external.without_copies(name, found, prepared.split) for name, found in found_external.items()]
     n_train = int((prepared.split["split"] == "train").sum())
     if max(cfg.space.batch_sizes) > n_train:

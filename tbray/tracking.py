@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from tbray.errors import UserError
 
 PARAMS = ["epochs", "batch_size", "image_size", "lr", "weight_decay"]  # what Optuna chose (trials.PARAMS)
 NOT_METRICS = {"trial_id", "epoch", "checkpoint_path", "node_id"}  # history columns that are no measurements
+_starting: dict[str, Future] = {}  # the run folder's new SQLite store, being made while the search runs
 ARTIFACTS = ["report.md", "report.json", "model_card.md", "trials.csv", "history.csv", "classification_report.txt"]
 
 
@@ -67,6 +69,15 @@ def experiment(cfg: SearchConfig) -> str:
             return client.create_experiment(cfg.name, artifact_location=local)
     except (MlflowException, OSError) as exc:
         raise UserError(f"--mlflow-uri {uri(cfg)}: cannot use this MLflow tracking store ({str(exc).splitlines()[0]})")
+
+
+def start(cfg: SearchConfig) -> None:
+    """Before any trial: a tracking server is checked now, so a wrong --mlflow-uri costs nothing; the run
+    folder's own SQLite store is made in a background thread, as creating MLflow's schema takes ~7 s here."""
+    if cfg.mlflow_uri:
+        experiment(cfg)
+    else:
+        _starting[uri(cfg)] = ThreadPoolExecutor(1, thread_name_prefix="tbray-mlflow").submit(experiment, cfg)
 
 
 def _flat(prefix: str, value) -> dict[str, float]:
@@ -117,6 +128,8 @@ def record(cfg: SearchConfig, table: pd.DataFrame, history: pd.DataFrame, result
     and external metrics and the report's files (result: the report; None when every trial failed)."""
     from mlflow.entities import Metric
 
+    if pending := _starting.pop(uri(cfg), None):
+        pending.result()
     with _quiet():
         client, experiment_id = _client(cfg), experiment(cfg)
         parent = client.create_run(experiment_id, run_name=cfg.name, tags={"tbray_run_folder": str(runfolder.path(cfg).resolve())})
