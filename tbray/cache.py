@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tbray import data
+from tbray import data, progress
 from tbray.errors import UserError
 
 
@@ -43,7 +43,9 @@ def build(root: Path, split: pd.DataFrame, sizes: list[int], cache_dir: Path, th
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         arrays = {s: np.empty((len(split), s, s), dtype=np.uint8) for s in todo}
         with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-            for i, images in enumerate(pool.map(lambda rel: _decode(root, rel, todo), split["path"])):
+            decoded = pool.map(lambda rel: _decode(root, rel, todo), split["path"])
+            sizes = ", ".join(f"{s} px" for s in todo)
+            for i, images in enumerate(progress.track(decoded, len(split), "decoded for the cache", f"at {sizes}")):
                 for s, image in zip(todo, images):
                     arrays[s][i] = image
         for s in todo:

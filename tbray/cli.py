@@ -94,6 +94,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address ('auto' on a cluster node); default: start local Ray")
     run.add_argument("--storage", help="shared storage for checkpoints: s3://bucket/prefix or an NFS path")
     run.add_argument("--num-cpus", type=_positive, help="local Ray only: CPUs to use")
+    run.add_argument("--mlflow-uri", help="MLflow tracking server (default: results/NAME/mlflow.db)")
     return p
 
 
@@ -158,7 +159,7 @@ def to_config(args: argparse.Namespace) -> SearchConfig:
         mode=args.mode or ("min" if args.metric == "val_loss" else "max"), grace_period=args.grace_period,
         max_failures=args.max_failures, target_sensitivity=args.target_sensitivity, external=external_sets,
         min_image_size=args.min_image_size, address=args.address, storage=args.storage, resume=args.resume,
-        num_cpus=args.num_cpus,
+        num_cpus=args.num_cpus, mlflow_uri=args.mlflow_uri,
     )
 
 

@@ -44,16 +44,20 @@ def connect(cfg: SearchConfig) -> dict:
     # The dashboard's Train tab needs this before Ray starts; the dashboard itself is never turned
     # off, since Train V2's placement-group cleanup relies on the state API it serves.
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
+    session_dir = None  # only for a Ray started here
     if ray.is_initialized():
         context = None
     elif cfg.address or os.environ.get("RAY_ADDRESS"):
         try:
-            context = ray.init(address=cfg.address or os.environ["RAY_ADDRESS"], log_to_driver=True,
+            # Workers' log lines stay in the cluster's logs (`ray logs`, the dashboard), as on a local Ray.
+            context = ray.init(address=cfg.address or os.environ["RAY_ADDRESS"], log_to_driver=False,
                                runtime_env=_forwarded_env())
         except ConnectionError as exc:
             raise UserError(f"cannot reach the Ray cluster at {cfg.address or os.environ['RAY_ADDRESS']}: {exc}")
     else:
         context = start_local(cfg.num_cpus)
+        # A local Ray's session folder holds every process's log; tbray.console copies it into the run.
+        session_dir = context.address_info.get("session_dir")
     url = getattr(context, "dashboard_url", None)
     if url:
         token = Path.home() / ".ray" / "auth_token"
@@ -61,7 +65,7 @@ def connect(cfg: SearchConfig) -> dict:
         print(f"tbray: Ray dashboard at http://{url}{hint}")
     joined = bool(cfg.address or os.environ.get("RAY_ADDRESS"))  # only a cluster's head has its launcher config
     return {"resources": ray.cluster_resources(), "nodes": len([n for n in ray.nodes() if n["Alive"]]),
-            "max_resources": autoscaling_limits() if joined else None}
+            "max_resources": autoscaling_limits() if joined else None, "session_dir": session_dir}
 
 
 def _forwarded_env() -> dict | None:
@@ -70,6 +74,13 @@ def _forwarded_env() -> dict | None:
     env = {k: v for k, v in os.environ.items() if k.startswith("TBRAY_")}
     return {"env_vars": env} if env else None
 
+
+# Python processes a local Ray would start for nothing (measured on 2 CPUs: a 2-trial search peaked at
+# 10 worker processes and the raylet warned). Ray prestarts one idle worker per CPU for the driver's
+# tasks, but this driver runs no tasks and no actor took those workers over: they sat idle all search.
+# Ray Train starts a preemption watcher per trial that polls for nodes being drained, which a single
+# local machine never is. Both are Ray's own settings, read from the environment by every Ray process.
+LEAN_LOCAL_RAY = {"RAY_prestart_worker_first_driver": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 _watchdog = None  # the reaper of the local Ray this process started, if any
 
@@ -90,8 +101,11 @@ def start_local(num_cpus: int | None):
         port = probe.getsockname()[1]
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    os.environ.update(LEAN_LOCAL_RAY)
     # The dashboard always: Train V2's placement-group cleanup works through the state API it serves.
-    context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True)
+    # Workers' and Train controllers' log lines go to the session's log files, not the console
+    # (tbray.console copies them into the run folder); trial errors still reach it through Tune.
+    context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=False)
     global _watchdog  # held for the driver's lifetime: its pipe closing is what tells the watchdog to act
     _watchdog = reaper.watch()
     return context

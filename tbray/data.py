@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 
-from tbray import duplicates
+from tbray import duplicates, progress
 from tbray.errors import UserError
 
 CLASSES = {"normal": 0, "tuberculosis": 1}  # folder name (any case) -> label
@@ -181,7 +181,8 @@ def discover(path: Path, min_side: int = 64, threads: int | None = None) -> Disc
     skipped += [(f, f"not an image file (extension {f.suffix or 'none'!r})") for f, y in entries
                 if f.suffix.lower() not in IMAGE_SUFFIXES]
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
-        checks = list(pool.map(lambda item: _check_file(item[0], min_side), candidates))
+        checks = list(progress.track(pool.map(lambda item: _check_file(item[0], min_side), candidates),
+                                     len(candidates), "checked and hashed", f"under {root}"))
     rows = []
     for (f, label), check in zip(candidates, checks):
         if isinstance(check, str):

@@ -23,7 +23,7 @@ from tbray.config import SearchConfig, SearchSpace
 from tbray.errors import UserError
 
 LOCK = ".lock"  # held (flock) by the search using the folder; not part of the run's content
-PREPARED = {LOCK, "split.csv", "skipped.csv", "search.json"}  # what a search writes before its first trial
+PREPARED = {LOCK, "split.csv", "skipped.csv", "search.json", "mlflow.db"}  # what a search writes before its first trial
 _held: dict[Path, IO] = {}  # this process's locks by run folder, released by `release` or at exit
 
 
@@ -100,7 +100,7 @@ def load_config(run_dir: Path) -> SearchConfig:
     return SearchConfig(**{k: v for k, v in saved.items() if k in names})
 
 
-TAKEN_ON_RESUME = {"address", "num_cpus", "data"}  # where the search runs and reads from, not what it does
+TAKEN_ON_RESUME = {"address", "num_cpus", "data", "mlflow_uri"}  # where the search runs and reads from, not what it does
 # How a session runs its trials; the resumed search keeps the values it started with (Tune restores them).
 KEPT_ON_RESUME = {"max_concurrent", "gpus_per_trial", "cpus_per_worker", "worker_resources", "max_failures"}
 
@@ -154,7 +154,8 @@ def for_resume(cfg: SearchConfig, given: dict[str, tuple[str, ...]] | None = Non
     # the trials live under the saved name in that storage, which moving the local folder did not rename.
     name = saved.name if saved.storage else cfg.name
     return dataclasses.replace(saved, name=name, resume=True, results=cfg.results, address=cfg.address,
-                               num_cpus=cfg.num_cpus, data=cfg.data or saved.data)
+                               num_cpus=cfg.num_cpus, data=cfg.data or saved.data,
+                               mlflow_uri=cfg.mlflow_uri or saved.mlflow_uri)
 
 
 def data_root(cfg: SearchConfig) -> Path:

@@ -17,14 +17,13 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
-from tbray import cache, cluster, evaluate, external, interrupt, report_page, runfolder, trials
+from tbray import cache, cluster, console, evaluate, external, interrupt, report_page, runfolder, tracking, trials
 from tbray import model as tbmodel
 from tbray.config import SearchConfig, TrainSettings
 from tbray.driver import trial
 from tbray.errors import SearchFailed, UserError
-from tbray.study import check_resumable, check_startable
+from tbray.study import LabelledOptunaSearch, check_resumable, check_startable
 
 
 def make_tuner(cfg: SearchConfig, trainable, storage: str, max_concurrent: int) -> tune.Tuner:
@@ -33,7 +32,7 @@ def make_tuner(cfg: SearchConfig, trainable, storage: str, max_concurrent: int) 
     # Optuna, ASHA and the best-trial choice all see the trial's best epoch so far (best_<metric>), so the
     # value Optuna learns from is the value the final choice ranks by, not whatever the last epoch gave.
     metric = f"best_{cfg.metric}"
-    searcher = OptunaSearch(metric=metric, mode=cfg.mode, storage=study, study_name="tbray", seed=cfg.seed)
+    searcher = LabelledOptunaSearch(metric=metric, mode=cfg.mode, storage=study, study_name="tbray", seed=cfg.seed)
     max_t = max(cfg.space.epochs)
     scheduler = ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(cfg.grace_period, max_t),
                               reduction_factor=cfg.reduction_factor)
@@ -42,7 +41,7 @@ def make_tuner(cfg: SearchConfig, trainable, storage: str, max_concurrent: int) 
         param_space=cfg.space.param_space(),
         tune_config=tune.TuneConfig(metric=metric, mode=cfg.mode, search_alg=searcher, scheduler=scheduler,
                                     num_samples=cfg.num_samples, max_concurrent_trials=max_concurrent),
-        run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=1),
+        run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=1, progress_reporter=console.reporter(cfg)),
     )
 
 
@@ -75,6 +74,7 @@ def close_orphaned_trials(cfg: SearchConfig) -> int:
 
 def run(cfg: SearchConfig) -> int:
     """The whole search; returns the process exit code."""
+    console.quiet_libraries()
     run_dir = runfolder.path(cfg)
     if cfg.resume and (run_dir / "report.json").exists():
         print(report_page.summary_table(json.loads((run_dir / "report.json").read_text())))
@@ -91,20 +91,27 @@ def run(cfg: SearchConfig) -> int:
     found_external = {name: external.discover(f"--external {name}", folder, cfg.min_image_size)
                       for name, folder in cfg.external.items()}
     prepared = runfolder.prepare(cfg)  # data checked, split fixed, run folder written
+    tracking.start(cfg)  # a wrong --mlflow-uri stops the search before any trial, not after
     externals = [external.without_copies(name, found, prepared.split) for name, found in found_external.items()]
     n_train = int((prepared.split["split"] == "train").sum())
     if max(cfg.space.batch_sizes) > n_train:
         raise UserError(f"batch size {max(cfg.space.batch_sizes)} is larger than the {n_train} training images; "
                         f"lower --batch-sizes")
 
-    plan = cluster.plan(cfg, cluster.connect(cfg))
+    info = cluster.connect(cfg)
+    plan = cluster.plan(cfg, info)
+    if info["session_dir"]:
+        print(f"tbray: Ray's own logs go to {run_dir / 'ray-logs'} when the search ends")
     interrupt.install()  # over the handlers ray.init and Ray's core put on SIGTERM, which abort the driver
 
     # Decode once: one uint8 array per image size, shared with every trial through the object store.
     arrays = cache.build(prepared.root, prepared.split, list(cfg.space.image_sizes), runfolder.cache_dir(cfg))
     print(f"tbray: weights from {source}; {plan.describe()}")
-    grid = fit(cfg, plan, prepared, arrays, state, tune_path)
-    return finish(cfg, grid, prepared, arrays, plan, externals)
+    try:
+        grid = fit(cfg, plan, prepared, arrays, state, tune_path)
+        return finish(cfg, grid, prepared, arrays, plan, externals)
+    finally:
+        console.keep_ray_logs(info["session_dir"], run_dir)
 
 
 def fit(cfg: SearchConfig, plan: cluster.Plan, prepared: runfolder.Prepared, arrays: dict, state: dict | None,
@@ -146,8 +153,11 @@ def finish(cfg: SearchConfig, grid, prepared: runfolder.Prepared, arrays: dict, 
               "trials were restarted under new Optuna trials)")
     best = trials.best(table, history, cfg)
     if best is None:
+        tracking.record(cfg, table, history, None)
         first = table["error"].dropna() if "error" in table else []
         raise SearchFailed(f"every trial failed; first error: {first.iloc[0] if len(first) else 'unknown'}")
     result = evaluate.run(cfg, prepared, arrays, best, plan, table, history, externals)
+    tracking.record(cfg, table, history, result)
+    print(tracking.where(cfg))
     print(report_page.summary_table(result))
     return 0

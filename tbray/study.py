@@ -1,4 +1,6 @@
-"""The Optuna study in optuna.db: a resumed search continues it, so it must be there and readable.
+"""The Optuna study in optuna.db: its trials labelled with Tune's ids, and a resume that needs it readable.
+
+A resumed search continues the study, so it must be there and readable.
 
 Tune restores its OptunaSearch searcher from a pickle that keeps, for every trial it is running, the
 Optuna trial it asked the study for. A study rebuilt from the finished trials (optuna.create_study,
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy.exc
+from ray.tune.search.optuna import OptunaSearch
 
 from tbray.errors import UserError
 
@@ -52,3 +55,45 @@ def check_startable(path: Path) -> None:
     if path.exists() and not readable(path):
         raise UserError(f"{path} can't be read as an Optuna study (left as it is); no trial has run yet, so nothing "
                         f"is lost by deleting it: delete it and resume")
+
+
+class LabelledOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch that also writes on each Optuna trial its Tune trial id and how it ended.
+
+    User attributes `tune_trial_id` and `tune_status` (completed, stopped_early or error, the words of
+    trials.csv) let optuna-dashboard and trials.csv be matched. Optuna accepts attributes only while a
+    trial runs, so they are set when Tune asks for the trial and just before the searcher closes it.
+    The Optuna trial is found by its parameters among the RUNNING ones: Ray's searcher exposes no map.
+    """
+
+    def __init__(self, *args, storage: optuna.storages.RDBStorage, study_name: str = STUDY_NAME, **kwargs):
+        super().__init__(*args, storage=storage, study_name=study_name, **kwargs)
+        self._labels = {"storage": storage, "study": study_name, "numbers": {}, "configs": {}}  # kept in Tune's saves
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if isinstance(config, dict) and trial_id not in self._labels["numbers"]:
+            storage = self._labels["storage"]
+            study_id = storage.get_study_id_from_name(self._labels["study"])
+            running = storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            numbers = [t.number for t in running if t.params == config]
+            if len(numbers) == 1:  # a tie of continuous parameters can't be told apart: left unlabelled
+                self._labels["numbers"][trial_id], self._labels["configs"][trial_id] = numbers[0], config
+                self._set(trial_id, "tune_trial_id", trial_id)
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._labels["numbers"]:
+            epochs = self._labels["configs"][trial_id].get("epochs", 0)
+            reached = (result or {}).get("epoch", 0)
+            self._set(trial_id, "tune_status", "error" if error else "completed" if reached >= epochs else "stopped_early")
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _set(self, trial_id: str, key: str, value: str) -> None:
+        storage = self._labels["storage"]
+        study_id = storage.get_study_id_from_name(self._labels["study"])
+        number = storage.get_trial_id_from_study_id_trial_number(study_id, self._labels["numbers"][trial_id])
+        try:
+            storage.set_trial_user_attr(number, key, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # closed already (a resumed search's orphan): its attributes stay as they were

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -162,3 +163,66 @@ def test_model_card_is_filled_from_the_report(e2e):
     assert f"AUROC {ev['auroc']['value']:.3f} [{ev['auroc']['ci_low']:.3f}" in card
     assert f"Threshold {report['threshold']:.4f}" in card and "not fit for" in card.lower()
     assert "External set other (48 images" in card and "Synthetic demo data" not in card
+
+
+def test_mlflow_holds_one_run_per_trial_under_the_search_run(e2e):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    tmp_path, _, done = e2e
+    run = tmp_path / "e2e"
+    uri = f"sqlite:///{run / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        runs = mlflow.search_runs(experiment_names=["e2e"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    table = pd.read_csv(run / "trials.csv").set_index("trial_id")
+    children = runs[runs["tags.tune_trial_id"].notna()].set_index("tags.tune_trial_id")
+    assert sorted(children.index) == sorted(table.index)
+    for trial_id, row in table.iterrows():
+        child = children.loc[trial_id]
+        for param in ("epochs", "batch_size", "image_size"):
+            assert int(child[f"params.{param}"]) == row[param]
+        assert float(child["params.lr"]) == pytest.approx(row["lr"], rel=1e-12)
+        assert child["metrics.best_val_loss"] == pytest.approx(row["best_val_loss"], rel=1e-9)  # the last epoch's
+        assert child["metrics.val_auroc"] == pytest.approx(row["last_val_auroc"], rel=1e-9)
+        assert child["tags.tune_status"] == row["status"]
+        steps = [m.step for m in MlflowClient(uri).get_metric_history(child["run_id"], "val_loss")]
+        assert sorted(steps) == list(range(1, row["epochs_done"] + 1))  # every epoch, step = epoch
+    parent = runs[runs["tags.tune_trial_id"].isna()]
+    assert len(parent) == 1 and set(children["tags.mlflow.parentRunId"]) == {parent["run_id"].iloc[0]}
+    report = json.loads((run / "report.json").read_text())
+    parent = parent.iloc[0]
+    assert parent["params.best_trial_id"] == report["best"]["trial_id"]
+    assert parent["metrics.test_auroc"] == pytest.approx(report["evaluation"]["auroc"]["value"])
+    assert parent["metrics.external_other_auroc"] == pytest.approx(report["external"]["other"]["auroc"])
+    files = {a.path for a in MlflowClient(uri).list_artifacts(parent["run_id"])}
+    assert {"report.md", "model_card.md", "roc.png", "trials.csv"} <= files
+    assert f"mlflow ui --backend-store-uri {uri}" in done.stdout
+
+
+def test_optuna_trials_carry_their_tune_trial_id_and_status(e2e):
+    import optuna
+
+    tmp_path, _, _ = e2e
+    run = tmp_path / "e2e"
+    study = optuna.load_study(study_name="tbray", storage=f"sqlite:///{run / 'optuna.db'}")
+    labelled = {t.user_attrs["tune_trial_id"]: t for t in study.trials if "tune_trial_id" in t.user_attrs}
+    table = pd.read_csv(run / "trials.csv").set_index("trial_id")
+    assert sorted(labelled) == sorted(table.index)
+    for trial_id, row in table.iterrows():
+        optuna_trial = labelled[trial_id]
+        assert optuna_trial.user_attrs["tune_status"] == row["status"]
+        assert optuna_trial.params["lr"] == pytest.approx(row["lr"], rel=1e-12)
+        assert optuna_trial.params["batch_size"] == row["batch_size"]
+
+
+def test_the_console_holds_no_library_warnings_or_per_trial_tables(e2e):
+    _, _, done = e2e
+    lines = (done.stdout + done.stderr).splitlines()
+    noisy = [line for line in lines if "Warning" in line or "started with configuration" in line]
+    assert not noisy, noisy[:5]
+    # One Tune table a minute, plus the first and the last: not one per reported epoch.
+    seconds = float(re.search(r"Total run time: ([0-9.]+) seconds", done.stdout + done.stderr).group(1))
+    assert sum("== Status ==" in line for line in lines) <= seconds / 60 + 2
