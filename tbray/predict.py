@@ -84,10 +84,10 @@ def rows(paths: list[str], readable, errors: list, scores: np.ndarray, threshold
                          "threshold": float(threshold)}, columns=COLUMNS)
 
 
-def frames(model: Model, files: list[Path], threshold: float, batch_size: int | None = None,
+def frames(scorer: Scorer, files: list[Path], threshold: float, batch_size: int | None = None,
            workers: int = stream.DEFAULT_WORKERS, progress: bool = False) -> Iterator[pd.DataFrame]:
     """Each batch's rows as soon as it is scored."""
-    scorer = Scorer(model)
+    model = scorer.model
     batch_size = batch_size or BATCH_SIZE[scorer.device.type]
     print(f"tbray: scoring {len(files)} file(s) with {scorer.where}, batches of {batch_size}", file=sys.stderr)
     loader = stream.batches([str(f) for f in files], model.facts["image_size"], batch_size, workers,
@@ -104,8 +104,8 @@ def run(model: Model, paths: list[Path], threshold: float | None = None, batch_s
     """All rows in one table (tests, small sets); refuses a set without one readable image."""
     threshold = model.facts["threshold"] if threshold is None else threshold
     tally = Tally()
-    table = pd.concat([tally.count(f) for f in frames(model, images_under(paths), threshold, batch_size, workers)],
-                      ignore_index=True)
+    batches = frames(Scorer(model), images_under(paths), threshold, batch_size, workers)
+    table = pd.concat([tally.count(f) for f in batches], ignore_index=True)
     tally.check(paths)
     return table
 
@@ -181,7 +181,8 @@ def predict(cfg: PredictConfig, model: Model) -> Results:
     threshold = model.facts["threshold"] if cfg.threshold is None else cfg.threshold
     results = Results(cfg.out)
     try:
-        for frame in frames(model, images_under(cfg.images), threshold, cfg.batch_size, cfg.workers, cfg.progress):
+        for frame in frames(Scorer(model), images_under(cfg.images), threshold, cfg.batch_size, cfg.workers,
+                            cfg.progress):
             results.add(frame)
     except BaseException:
         results.tmp.unlink(missing_ok=True)
