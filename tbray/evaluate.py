@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.fs
 import ray
 
-from tbray import assess, cache, external, inference, metrics, plots, report, runfolder
+from tbray import assess, cache, export, external, inference, metrics, plots, report, runfolder
 from tbray.config import SearchConfig
 from tbray.errors import UserError
 
@@ -63,6 +63,7 @@ def run(cfg: SearchConfig, prepared: runfolder.Prepared, arrays: dict, best: dic
     if warning := evaluation["threshold_selection"]["warning"]:
         print(f"tbray: WARNING {warning}")
     saved = save_model(run_dir / "best_model.pt", state, best, evaluation)
+    export.beside(saved, run_dir, parts["test"]["images"])  # model.onnx, checked on test images against PyTorch
     pd.DataFrame({"path": prepared.split.loc[prepared.split["split"] == "test", "path"].to_numpy(),
                   "label": parts["test"]["labels"], "score": scores["test"]}).to_csv(run_dir / "test_scores.csv", index=False)
     outside = score_externals(externals or [], saved, cfg, run_dir)

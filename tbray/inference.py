@@ -58,13 +58,18 @@ def score_loader(model: torch.nn.Module, batches, device, mean: float, std: floa
     model.eval()
     scores, labels, loss_sum = [], [], 0.0
     for x, y in batches:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(augment.prepare(x, mean, std, train=False)).float().squeeze(1)
-        loss_sum += F.binary_cross_entropy_with_logits(logits, y.float(), reduction="sum").item()
-        scores.append(torch.sigmoid(logits).cpu())
+        out, y = logits(model, x, device, mean, std), y.to(device, non_blocking=True)
+        loss_sum += F.binary_cross_entropy_with_logits(out, y.float(), reduction="sum").item()
+        scores.append(torch.sigmoid(out).cpu())
         labels.append(y.cpu())
     return torch.cat(scores).numpy(), torch.cat(labels).numpy(), loss_sum / max(1, sum(len(s) for s in scores))
+
+
+def logits(model: torch.nn.Module, batch_u8: torch.Tensor, device, mean: float, std: float) -> torch.Tensor:
+    """The TB logits [N] of a uint8 batch [N, S, S] (call under no_grad); bfloat16 autocast on a GPU."""
+    x = batch_u8.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return model(augment.prepare(x, mean, std, train=False)).float().squeeze(1)
 
 
 def device() -> torch.device:

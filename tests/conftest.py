@@ -73,3 +73,36 @@ def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None
             raise AssertionError(f"search exited ({proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
         time.sleep(1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory) -> Path:
+    """A tbray model file (test_efficientnet, 32 px) as calibrate.py writes one: threshold and both records.
+
+    The head is set so the scores spread over (0, 1) (logits of mean 0, std 2 on demo images): a fresh
+    head gives P(TB) near 0.5 for every image, and scores that all agree could not show a difference.
+    """
+    import numpy as np
+    import torch
+
+    from tbray import demo
+    from tbray import model as tbmodel
+
+    torch.manual_seed(0)
+    net = tbmodel.create("test_efficientnet").eval()
+    images = torch.from_numpy(np.stack([demo.render(i % 2, i, size=32) for i in range(16)]))
+    with torch.no_grad():
+        logits = net((images.unsqueeze(1).float() / 255 - 0.5) / 0.5).squeeze(1)
+        head = net.get_classifier()
+        scale = 2.0 / logits.std()
+        head.weight.mul_(scale)
+        head.bias.fill_(float(-scale * logits.mean()))
+    source = {"kind": "validation split", "method": "best specificity", "target_sensitivity": 0.9, "n": 20,
+              "n_tb": 10, "sensitivity": 0.9, "sensitivity_ci": [0.6, 0.98], "specificity": 0.8,
+              "specificity_ci": [0.5, 0.9]}
+    calibration = {"site_data": "/site", "site_data_sha256": "ab" * 32, "date": "2026-11-26", "n": 30, "n_tb": 12,
+                   "threshold": 0.4375, "sensitivity": 0.917, "specificity": 0.611, "warning": None}
+    path = tmp_path_factory.mktemp("model") / "site.pt"
+    torch.save({"model": net.state_dict(), "model_name": "test_efficientnet", "image_size": 32, "mean": 0.5,
+                "std": 0.5, "threshold": 0.4375, "threshold_source": source, "calibration": calibration}, path)
+    return path

@@ -20,7 +20,7 @@ from tbray import demo, threshold
 
 OUTPUTS = ["split.csv", "trials.csv", "report.json", "classification_report.txt", "confusion_matrix.png",
            "best_model.pt", "optuna.db", "skipped.csv", "report.md", "roc.png", "pr.png", "reliability.png",
-           "optuna_history.png", "optuna_importance.png", "val_auroc_per_epoch.png"]
+           "optuna_history.png", "optuna_importance.png", "val_auroc_per_epoch.png", "model.onnx"]
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,21 @@ def test_search_end_to_end(e2e, tiny_data):
     assert np.allclose(pred["p_tb"], scores["score"], atol=1e-5)
     called_tb = pred["p_tb"] >= best["threshold"]
     assert (pred["prediction"] == called_tb.map({True: "Tuberculosis", False: "Normal"})).all()
+
+
+def test_model_onnx_beside_the_best_model_reproduces_the_test_scores(e2e, tiny_data):
+    import onnxruntime as ort
+
+    from tbray import data, export
+
+    run = e2e[0] / "e2e"
+    best = torch.load(run / "best_model.pt", weights_only=True)
+    facts = export.facts(export.read_metadata(run / "model.onnx"))
+    assert facts["threshold"] == best["threshold"] and facts["threshold_source"] == best["threshold_source"]
+    scores = pd.read_csv(run / "test_scores.csv")
+    images = np.stack([data.resize(data.load_gray(tiny_data / p), best["image_size"]) for p in scores["path"]])
+    session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"image": images})[0] - scores["score"].to_numpy()).max() < 1e-4
 
 
 def test_external_set_is_scored_once_and_reported(e2e):

@@ -1,6 +1,11 @@
 """Score chest X-rays with a search's best model at its saved operating threshold.
 
     python tune/predict.py results/<name>/best_model.pt IMAGE_OR_FOLDER [...] [--out predictions.csv]
+    python tune/predict.py results/<name>/model.onnx FOLDER --out predictions.parquet     # ONNX Runtime
+    python tune/predict.py results/<name>/best_model.pt FOLDER --address auto --out p.csv  # on a Ray cluster
+
+Images stream through in batches (memory stays bounded), on a GPU when there is one; unreadable files
+get a row with the reason. Rows: path, p_tb, prediction, error, threshold.
 """
 
 import argparse
@@ -10,28 +15,49 @@ from pathlib import Path
 from tbray.errors import UserError
 
 
-def main() -> int:
+def parse(argv=None):
+    from tbray import predict, stream
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", type=Path, help="best_model.pt from a run folder")
+    p.add_argument("model", type=Path, help="best_model.pt from a run folder, a calibrated copy, or model.onnx")
     p.add_argument("images", type=Path, nargs="+", help="image files or folders (PNG, JPEG)")
     p.add_argument("--threshold", type=float, help="override the saved operating threshold")
-    p.add_argument("--out", type=Path, help="write a CSV here (default: print it)")
-    args = p.parse_args()
-    try:
-        from tbray import inference, predict
+    p.add_argument("--out", type=Path, help="write a CSV (or Parquet: a .parquet name) here (default: CSV on stdout)")
+    p.add_argument("--onnx", action="store_true", help="score with ONNX Runtime (a .pt model is exported first)")
+    p.add_argument("--batch-size", type=int, help="default 256 on a GPU, 32 on a CPU")
+    p.add_argument("--workers", type=int, default=stream.DEFAULT_WORKERS, help="decoding processes")
+    p.add_argument("--address", help="score on this Ray cluster with Ray Data (an address, 'auto', or 'local')")
+    args = p.parse_args(argv)
+    if args.batch_size is not None and args.batch_size < 1 or args.workers < 0:
+        raise UserError("--batch-size must be at least 1 and --workers at least 0")
+    return predict.PredictConfig(model=args.model, images=args.images, out=args.out, threshold=args.threshold,
+                                 onnx=args.onnx, batch_size=args.batch_size, workers=args.workers,
+                                 address=args.address)
 
-        saved = inference.load_model_file(args.model)
-        origin = "--threshold" if args.threshold is not None else predict.threshold_origin(saved)
-        threshold = saved["threshold"] if args.threshold is None else args.threshold
+
+def main() -> int:
+    from tbray import export
+
+    try:
+        cfg = parse()
+        from tbray import predict, scorer
+
+        model = scorer.open_model(cfg.model, cfg.onnx)
+        origin = "--threshold" if cfg.threshold is not None else predict.threshold_origin(model.facts)
+        threshold = model.facts["threshold"] if cfg.threshold is None else cfg.threshold
         print(f"tbray: threshold {threshold:.4f} from {origin}", file=sys.stderr)
-        table = predict.run(saved, args.images, args.threshold)
+        if cfg.address:
+            from tbray import predict_ray
+
+            predict_ray.predict_cluster(cfg, model)
+        else:
+            predict.predict(cfg, model)
     except UserError as exc:
         print(f"tbray: error: {exc}", file=sys.stderr)
         return 2
-    if args.out:
-        table.to_csv(args.out, index=False)
-    else:
-        print(table.to_csv(index=False), end="")
+    except export.ParityError as exc:  # not the user's doing, and no graph was used: say so, exit 1
+        print(f"tbray: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
