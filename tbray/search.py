@@ -23,12 +23,12 @@ from tbray import model as tbmodel
 from tbray.config import SearchConfig, TrainSettings
 from tbray.driver import trial
 from tbray.errors import SearchFailed, UserError
-from tbray.study import LabelledOptunaSearch, check_resumable, check_startable
+from tbray.study import LabelledOptunaSearch, RunFolderStorage, check_resumable, check_startable
 
 
 def make_tuner(cfg: SearchConfig, trainable, storage: str, max_concurrent: int) -> tune.Tuner:
     """Optuna's TPE proposes, ASHA stops weak trials at epoch rungs, the study lives in SQLite."""
-    study = optuna.storages.RDBStorage(f"sqlite:///{runfolder.study_path(cfg)}")
+    study = RunFolderStorage(f"sqlite:///{runfolder.study_path(cfg)}")
     # Optuna, ASHA and the best-trial choice all see the trial's best epoch so far (best_<metric>), so the
     # value Optuna learns from is the value the final choice ranks by, not whatever the last epoch gave.
     metric = f"best_{cfg.metric}"
@@ -131,6 +131,7 @@ def fit(cfg: SearchConfig, plan: cluster.Plan, prepared: runfolder.Prepared, arr
         {"CPU": 0, "memory": 2**20},
     )
     if cfg.resume and tune.Tuner.can_restore(tune_path):
+        RunFolderStorage.resumed_at = f"sqlite:///{runfolder.study_path(cfg)}"  # the folder may have moved
         tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
     else:
         tuner = make_tuner(cfg, trainable, storage, plan.max_concurrent)

@@ -28,6 +28,17 @@ def url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+class RunFolderStorage(optuna.storages.RDBStorage):
+    """The study's SQLite storage; when Tune unpickles it on --resume it opens the study where the run
+    folder is now. Tune saves the searcher, and this storage's URL with it, in its experiment state, so a
+    run folder renamed or moved since would otherwise send the restored searcher to a file not there."""
+
+    resumed_at: str | None = None  # this session's study URL, set before Tuner.restore unpickles the searcher
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__({**state, "url": RunFolderStorage.resumed_at or state["url"]})
+
+
 def readable(path: Path) -> bool:
     """Whether the file holds the study, checked read-only: an unreadable file is left exactly as it was
     (RDBStorage opened for writing would create its tables in an empty or missing file)."""
