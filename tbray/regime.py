@@ -207,6 +207,7 @@ def one_repeat(regime: Regime, data: dict, refs: dict, weights: dict | None) -> 
            - float(h["epoch_s"].iloc[0])}
     # The worker's own start-up phases, where the training loop reports them (startup_<phase>_s).
     out |= {c: float(h[c].iloc[0]) for c in h if c.startswith("startup_") and c != "startup_s"}
+    out |= {k: v for k, v in train.items() if k.startswith("process_")}
     return out
 
 
