@@ -1,6 +1,7 @@
-"""Fractional --gpus-per-trial packs trials onto one GPU: scheduling checked on a local Ray that declares
-one GPU it does not have. Ray schedules by the declared count; without CUDA the workers train on the CPU
-(one-worker trials use gloo, so no NCCL needs a real GPU). Two half-GPU trials must run at once."""
+"""Packing trials onto a GPU: Ray schedules a fractional per-worker resource, and tbray's plan counts
+trials by it. Checked on a local Ray with a custom resource standing in for the GPU (a declared GPU
+would make Ray Train call CUDA, which a CPU machine lacks): two half-"GPU" trials must run at once.
+The GPU arithmetic itself (--gpus-per-trial 0.5 -> trials per GPU) is in test_cluster_plan.py."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from conftest import TINY, run_cli
 
 
 @pytest.fixture(scope="module")
-def one_declared_gpu():
-    """One node: 2 CPUs and 1 GPU as far as Ray's scheduler knows."""
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 2, "num_gpus": 1})
+def one_stand_in_gpu():
+    """One node: 3 CPUs (so CPUs would allow 3 trials) and one stand-in GPU."""
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 3, "resources": {"fake_gpu": 1}, "dashboard_port": 8298,
+                                      "include_dashboard": True})
     yield cluster
     cluster.shutdown()
 
@@ -30,11 +33,12 @@ def spans(run) -> list[tuple[float, float]]:
     return out
 
 
-def test_half_gpu_trials_share_one_gpu(one_declared_gpu, tiny_data, tmp_path):
+def test_half_gpu_trials_share_one_gpu(one_stand_in_gpu, tiny_data, tmp_path):
     done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "packed", "--address",
-                   one_declared_gpu.address, *TINY, "--epochs", "3", "--gpus-per-trial", "0.5", "--num-samples", "2")
+                   one_stand_in_gpu.address, *TINY, "--epochs", "3", "--worker-resource", "fake_gpu=0.5",
+                   "--num-samples", "2")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "each trial: 1 worker on 0.5 GPU; up to 2 trial(s) at once" in done.stdout
+    assert "up to 2 trial(s) at once" in done.stdout  # the stand-in GPU binds: CPUs would allow 3
     assert (pd.read_csv(tmp_path / "packed" / "trials.csv")["status"] == "completed").all()
     (a_start, a_end), (b_start, b_end) = spans(tmp_path / "packed")
     # On one GPU, two trials were training at the same time: their epochs overlap in time.
