@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from tbray import interrupt, runfolder
+from tbray import interrupt, packing, runfolder
 from tbray.config import SearchConfig, SearchSpace
 from tbray.errors import SearchFailed, UserError
 
@@ -76,7 +76,8 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--no-pretrained", action="store_true", help="random initialisation")
     search.add_argument("--num-samples", type=_positive, default=defaults.num_samples, help="trials in total")
     search.add_argument("--max-concurrent", type=_positive, help="default: what the cluster's GPUs allow")
-    search.add_argument("--gpus-per-trial", type=int, help="DDP workers per trial, one GPU each (0: CPU)")
+    search.add_argument("--gpus-per-trial", type=float, help="DDP workers per trial, one GPU each (0: CPU); "
+                        "a fraction (0.5, 0.25) packs one-worker trials onto a GPU")
     search.add_argument("--cpus-per-worker", type=_positive, default=defaults.cpus_per_worker)
     search.add_argument("--worker-resource", action="append", default=[], type=_resource, metavar="NAME=AMOUNT",
                         help="a custom Ray resource each worker asks for (repeatable)")
@@ -85,6 +86,8 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--mode", default=None, choices=["max", "min"], help="default: min for val_loss, else max")
     search.add_argument("--grace-period", type=_positive, default=defaults.grace_period, help="ASHA: epochs before a stop")
     search.add_argument("--max-failures", type=int, default=defaults.max_failures, help="worker restarts per trial")
+    search.add_argument("--checkpoint-every", type=_positive, default=defaults.checkpoint_every, metavar="K",
+                        help="checkpoint every K epochs, besides when the metric improves and at the last epoch")
     search.add_argument("--target-sensitivity", type=float, default=defaults.target_sensitivity)
     search.add_argument("--seed", type=int, default=defaults.seed)
     run = p.add_argument_group("run")
@@ -138,8 +141,8 @@ def to_config(args: argparse.Namespace) -> SearchConfig:
         raise UserError(f"--seed must be in [0, 2**32), got {args.seed}")
     if not 0 < args.target_sensitivity <= 1:
         raise UserError(f"--target-sensitivity must be in (0, 1], got {args.target_sensitivity}")
-    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
-        raise UserError("--gpus-per-trial must be >= 0")
+    if args.gpus_per_trial is not None:
+        packing.split(args.gpus_per_trial)  # a fraction above 1 (DDP ranks sharing a GPU) refused here
     if args.resume and not args.name:
         raise UserError("--resume needs --name NAME (the run folder under --results)")
     external_sets = {name: _absolute(folder) for name, folder in args.external}
@@ -157,7 +160,7 @@ def to_config(args: argparse.Namespace) -> SearchConfig:
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, gpus_per_trial=args.gpus_per_trial,
         cpus_per_worker=args.cpus_per_worker, worker_resources=dict(args.worker_resource), metric=args.metric,
         mode=args.mode or ("min" if args.metric == "val_loss" else "max"), grace_period=args.grace_period,
-        max_failures=args.max_failures, target_sensitivity=args.target_sensitivity, external=external_sets,
+        max_failures=args.max_failures, checkpoint_every=args.checkpoint_every, target_sensitivity=args.target_sensitivity, external=external_sets,
         min_image_size=args.min_image_size, address=args.address, storage=args.storage, resume=args.resume,
         num_cpus=args.num_cpus, mlflow_uri=args.mlflow_uri,
     )

@@ -15,11 +15,17 @@ import ray
 import yaml
 
 from tbray import reaper
+from tbray import packing
 from tbray.config import SearchConfig
 from tbray.errors import UserError
 
 # Where `ray up` leaves the launcher config on the head; cluster/gpu.yaml starts the autoscaler with it.
 AUTOSCALING_CONFIG = Path("~/ray_bootstrap_config.yaml")
+# Ray Train's controller polls its workers once per health check (every 2 s by default): a started
+# worker group, each report and a finished run wait for the next poll. Polled every 0.25 s, a trial
+# loses less of that (tune/bench.py measures start-up and wind-down). Set before Ray starts (or forwarded
+# to a joined cluster's job); Train passes it on to its controller. The user's own value wins.
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 
 
 @dataclass(frozen=True)
@@ -32,9 +38,12 @@ class Plan:
     cluster_gpus: float
     cluster_cpus: float
     nodes: int
+    gpus_per_worker: float = 1.0  # below 1: one worker on a share of a GPU, several trials per GPU
 
     def describe(self) -> str:
         kind = f"{self.workers_per_trial} GPU worker(s)" if self.use_gpu else f"{self.workers_per_trial} CPU worker"
+        if self.use_gpu and self.gpus_per_worker < 1:
+            kind = f"1 worker on {self.gpus_per_worker:g} GPU"
         return (f"each trial: {kind}; up to {self.max_concurrent} trial(s) at once on {self.nodes} node(s) "
                 f"with {self.cluster_cpus:g} CPU(s), {self.cluster_gpus:g} GPU(s)")
 
@@ -45,6 +54,8 @@ def connect(cfg: SearchConfig) -> dict:
     # off, since Train V2's placement-group cleanup relies on the state API it serves.
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     session_dir = None  # only for a Ray started here
+    for name, value in TRAIN_ENV.items():
+        os.environ.setdefault(name, value)
     if ray.is_initialized():
         context = None
     elif cfg.address or os.environ.get("RAY_ADDRESS"):
@@ -69,9 +80,9 @@ def connect(cfg: SearchConfig) -> dict:
 
 
 def _forwarded_env() -> dict | None:
-    """TBRAY_* variables set for this search, for the job's workers on a cluster it joins (a local Ray
-    started here inherits them anyway); None when there are none, so the job keeps the default env."""
-    env = {k: v for k, v in os.environ.items() if k.startswith("TBRAY_")}
+    """TBRAY_* variables set for this search and TRAIN_ENV, for the job's workers on a cluster it joins (a
+    local Ray started here inherits them anyway)."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("TBRAY_") or k in TRAIN_ENV}
     return {"env_vars": env} if env else None
 
 
@@ -99,6 +110,8 @@ def start_local(num_cpus: int | None):
     with socket.socket() as probe:  # a free port now; the GCS binds it a moment later
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    for name, value in TRAIN_ENV.items():  # inherited by every Ray process, the trials' among them
+        os.environ.setdefault(name, value)
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
     os.environ.update(LEAN_LOCAL_RAY)
@@ -139,10 +152,11 @@ def plan(cfg: SearchConfig, info: dict) -> Plan:
     reachable = lambda name: max(float(have.get(name, 0)), float(most.get(name, 0)))  # noqa: E731
     gpus = reachable("GPU")
     wanted = cfg.gpus_per_trial if cfg.gpus_per_trial is not None else (1 if gpus else 0)
+    gpu_split = packing.split(wanted)  # refuses a fraction above 1 (DDP ranks on a shared GPU)
     if wanted > gpus:
-        raise UserError(f"a trial asks for {wanted} GPU(s) but the cluster has {float(have.get('GPU', 0)):g} and can "
+        raise UserError(f"a trial asks for {wanted:g} GPU(s) but the cluster has {float(have.get('GPU', 0)):g} and can "
                         f"scale to {gpus:g}; use --gpus-per-trial {int(gpus)} or a cluster with GPUs")
-    workers = wanted or 1
+    workers = gpu_split.workers
     # What one trial holds while it runs: its workers' CPUs, GPUs and custom resources.
     demand = {"CPU": cfg.cpus_per_worker * workers, "GPU": wanted,
               **{name: amount * workers for name, amount in cfg.worker_resources.items()}}
@@ -154,9 +168,12 @@ def plan(cfg: SearchConfig, info: dict) -> Plan:
     if (info["nodes"] > 1 or most) and not cfg.storage:
         raise UserError(f"the cluster has {info['nodes']} node(s) and may grow, but no shared storage: pass --storage "
                         f"s3://bucket/prefix (or an NFS path mounted on every node) so checkpoints reach the driver")
-    fits = min(int(reachable(name) // amount) for name, amount in demand.items() if amount > 0)
+    # Fractions: a packed trial never spans two GPUs, so count per GPU (0.3 -> 3 per GPU, not 3.33).
+    fits = min(packing.trials_per_gpus(reachable(name), amount) if name == "GPU" else int(reachable(name) // amount)
+               for name, amount in demand.items() if amount > 0)
     return Plan(workers_per_trial=workers, use_gpu=wanted > 0, max_concurrent=cfg.max_concurrent or max(1, fits),
-                cluster_gpus=float(have.get("GPU", 0)), cluster_cpus=float(have.get("CPU", 0)), nodes=info["nodes"])
+                cluster_gpus=float(have.get("GPU", 0)), cluster_cpus=float(have.get("CPU", 0)), nodes=info["nodes"],
+                gpus_per_worker=gpu_split.gpus_per_worker or 1.0)
 
 
 def release_leftover_placement_groups() -> int:

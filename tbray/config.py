@@ -10,6 +10,9 @@ from ray import tune
 
 
 EVAL_BATCH_SIZE = 128  # scoring keeps no gradients, so it takes bigger batches than training; used everywhere
+# Epochs between routine checkpoints (improvements and the last epoch are always saved): chosen from
+# tune/bench.py's GPU-speed regime, see README "Lean epochs".
+DEFAULT_CHECKPOINT_EVERY = 5
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class TrainSettings:
     std: float = 0.5
     num_workers: int = 1  # Ray Train workers per trial (= GPUs per trial, or 1 CPU worker)
     use_gpu: bool = False
+    gpus_per_worker: float = 1.0  # below 1 (one worker only): several trials share a GPU
     cpus_per_worker: int = 1  # data sits decoded in memory, so workers need few CPUs
     worker_resources: dict = field(default_factory=dict)  # custom Ray resources each worker asks for, as given
     warmup_epochs: float = 1.0  # linear warm-up before the cosine decay
@@ -51,6 +55,7 @@ class TrainSettings:
     seed: int = 0
     metric: str = "val_loss"  # the search metric; each epoch also reports its best so far as best_<metric>
     mode: str = "min"
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # and whenever the metric improves, and at the last epoch
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,7 @@ class SearchConfig:
     space: SearchSpace = field(default_factory=SearchSpace)
     num_samples: int = 16  # trials Optuna proposes in total
     max_concurrent: int | None = None  # default: cluster GPUs // GPUs per trial (CPUs without GPUs)
-    gpus_per_trial: int | None = None  # default: 1 when the cluster has GPUs, else 0 (CPU)
+    gpus_per_trial: float | None = None  # default: 1 when the cluster has GPUs, else 0 (CPU); 0.5: 2 trials a GPU
     cpus_per_worker: int = 1
     worker_resources: dict = field(default_factory=dict)  # e.g. {"accelerator_type:A100": 0.01}
     metric: str = "val_loss"  # unlike val_auroc, it does not saturate on separable validation (README)
@@ -106,6 +111,7 @@ class SearchConfig:
     grace_period: int = 3  # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: int = 3  # ASHA: keep the best 1/3 at each rung
     max_failures: int = 2  # Ray Train worker restarts per trial, from its latest checkpoint
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # epochs between routine checkpoints (TrainSettings)
     target_sensitivity: float = 0.90  # WHO triage target; picks the threshold on validation
     external: dict = field(default_factory=dict)  # name -> folder of labelled X-rays from elsewhere, scored once
     min_image_size: int = 64  # smaller files can't be chest X-rays; skipped

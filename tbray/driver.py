@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from ray import train, tune
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from tbray.config import TrainSettings, TrialParams, TrialSpec
@@ -18,9 +18,10 @@ from tbray.config import TrainSettings, TrialParams, TrialSpec
 
 def worker(config: dict) -> None:
     """Runs on each Ray Train worker; the import happens there, not in the trial or the controller."""
+    entered = time.time()  # the import's seconds count as start-up in the history (startup_imports_s)
     from tbray.train import worker_loop
 
-    worker_loop(config["spec"])
+    worker_loop(config["spec"], entered)
 
 
 def trial(config: dict, settings: TrainSettings, refs: dict, storage: str, metric: str, mode: str,
@@ -33,10 +34,13 @@ def trial(config: dict, settings: TrainSettings, refs: dict, storage: str, metri
     trainer = TorchTrainer(
         worker,
         train_loop_config={"spec": spec},  # Ray Train takes a dict; the spec is the one thing in it
+        # One worker never communicates: gloo spares it NCCL's set-up and GPU memory on a GPU it may share
+        # with other packed trials. Several workers (DDP, one GPU each) keep Ray's default, NCCL on GPUs.
+        torch_config=TorchConfig(backend="gloo") if settings.num_workers == 1 else None,
         scaling_config=train.ScalingConfig(
             num_workers=settings.num_workers, use_gpu=settings.use_gpu,
-            resources_per_worker={"CPU": settings.cpus_per_worker, **({"GPU": 1} if settings.use_gpu else {}),
-                                  **settings.worker_resources},
+            resources_per_worker={"CPU": settings.cpus_per_worker, **settings.worker_resources,
+                                  **({"GPU": settings.gpus_per_worker} if settings.use_gpu else {})},
         ),
         run_config=train.RunConfig(
             name=f"train-{tune.get_context().get_trial_id()}",

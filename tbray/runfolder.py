@@ -102,7 +102,8 @@ def load_config(run_dir: Path) -> SearchConfig:
 
 TAKEN_ON_RESUME = {"address", "num_cpus", "data", "mlflow_uri"}  # where the search runs and reads from, not what it does
 # How a session runs its trials; the resumed search keeps the values it started with (Tune restores them).
-KEPT_ON_RESUME = {"max_concurrent", "gpus_per_trial", "cpus_per_worker", "worker_resources", "max_failures"}
+KEPT_ON_RESUME = {"max_concurrent", "gpus_per_trial", "cpus_per_worker", "worker_resources", "max_failures",
+                  "checkpoint_every"}
 
 
 def _field(cfg: SearchConfig, dotted: str) -> object:

@@ -5,7 +5,7 @@
       connect to Ray, check the cluster can hold a trial, decode the images once
       Tuner(trial, OptunaSearch, ASHAScheduler).fit()      (or .restore() with --resume, if optuna.db reads)
         trial (tbray.driver): one TorchTrainer per trial, named by the trial id
-          worker_loop (tbray.train): on each Ray Train worker, DDP, reports every epoch
+          worker_loop (tbray.train): on each Ray Train worker, DDP, reports every epoch, checkpoints when due
       trials.csv, the best checkpoint evaluated once on the test split, the report
 """
 
@@ -50,8 +50,10 @@ def train_settings(cfg: SearchConfig, plan: cluster.Plan) -> TrainSettings:
     mean, std = tbmodel.gray_stats(cfg.model)
     return TrainSettings(
         model=cfg.model, mean=mean, std=std,
-        num_workers=plan.workers_per_trial, use_gpu=plan.use_gpu, cpus_per_worker=cfg.cpus_per_worker,
+        num_workers=plan.workers_per_trial, use_gpu=plan.use_gpu, gpus_per_worker=plan.gpus_per_worker,
+        cpus_per_worker=cfg.cpus_per_worker,
         worker_resources=dict(cfg.worker_resources), seed=cfg.seed, metric=cfg.metric, mode=cfg.mode,
+        checkpoint_every=cfg.checkpoint_every,
     )
 
 

@@ -10,6 +10,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 
 import ray
 import ray.train
@@ -46,29 +47,36 @@ def loaders(data: dict, batch_size: int, eval_batch_size: int, seed: int) -> tup
     return train, val
 
 
-def worker_loop(spec: TrialSpec) -> None:
-    """One trial's training on one Ray Train worker."""
-    settings, params = spec.settings, spec.params
-    epochs, lr, batch_size = params.epochs, params.lr, params.batch_size
-    fail_at = injected_failure()
-    rank = ray.train.get_context().get_world_rank()
-    torch.manual_seed(settings.seed + rank)
-    device = ray.train.torch.get_device()
-    node_id = ray.get_runtime_context().get_node_id()  # which node ran the trial, for the record
-    mean, std = settings.mean, settings.std
+@dataclass
+class Ready:
+    """A worker ready for its first epoch: what the epochs use, and where its start-up went."""
 
-    # Data: decoded once on the driver, one shared copy per node in the object store.
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_loader: DataLoader
+    val_loader: DataLoader
+    pos_weight: torch.Tensor
+    start_epoch: int  # 0, or the epoch of the checkpoint this worker resumed from
+    best_so_far: float | None  # the trial's best metric up to start_epoch (None before any epoch)
+    startup: dict  # startup_<phase>_s: seconds per start-up phase, reported with the first epoch
+
+
+def get_ready(spec: TrialSpec, entered: float, imported: float) -> Ready:
+    """Data, model, optimiser and resume state, each phase timed (start-up is what a short GPU trial pays)."""
+    settings, params = spec.settings, spec.params
+    device = ray.train.torch.get_device()
+    # Data: decoded once on the driver, one shared copy per node in the object store; pretrained weights
+    # come resolved from the driver too, never downloaded here.
     data = ray.get(spec.data)
-    train_loader, val_loader = loaders(data, batch_size, settings.eval_batch_size, settings.seed)
+    weights = ray.get(spec.weights) if spec.weights is not None else None
+    fetched = time.time()
+    train_loader, val_loader = loaders(data, params.batch_size, settings.eval_batch_size, settings.seed)
     labels = data["train"]["labels"]
     # Weighted loss for the ~5:1 Normal:TB imbalance, so a constant "Normal" answer isn't a minimum.
     pos_weight = torch.tensor((labels == 0).sum() / max(1, (labels == 1).sum()), dtype=torch.float32, device=device)
-
-    # Model and optimiser; pretrained weights come resolved from the driver, never downloaded here.
-    weights = ray.get(spec.weights) if spec.weights is not None else None
     model = tbmodel.create(settings.model, weights).to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=params.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
 
     # Resume: after a worker failure or an interrupted search, carry on from the latest checkpoint.
     start_epoch, best_so_far = 0, None
@@ -78,31 +86,56 @@ def worker_loop(spec: TrialSpec) -> None:
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_so_far = state["epoch"], state.get("best_so_far")
+    startup = {"startup_worker_group_s": entered - spec.started, "startup_imports_s": imported - entered,
+               "startup_data_s": fetched - imported, "startup_model_s": time.time() - fetched}
+    return Ready(model, optimizer, train_loader, val_loader, pos_weight, start_epoch, best_so_far, startup)
+
+
+def worker_loop(spec: TrialSpec, entered: float | None = None) -> None:
+    """One trial's training on one Ray Train worker; `entered`: when the worker function was called."""
+    imported = time.time()
+    settings, params = spec.settings, spec.params
+    fail_at = injected_failure()
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(settings.seed + rank)
+    device = ray.train.torch.get_device()
+    node_id = ray.get_runtime_context().get_node_id()  # which node ran the trial, for the record
+    ready = get_ready(spec, entered or imported, imported)
+    model, optimizer, best_so_far = ready.model, ready.optimizer, ready.best_so_far
 
     # Trial start-up cost (worker group, imports, data, model, weights), reported with every epoch.
     startup_s = time.time() - spec.started
-    steps_per_epoch = len(train_loader)
-    total_steps, warmup_steps = epochs * steps_per_epoch, max(1, int(settings.warmup_epochs * steps_per_epoch))
-    schedule = functools.partial(lr_at, total_steps=total_steps, warmup_steps=warmup_steps, base_lr=lr)
-    for epoch in range(start_epoch, epochs):
-        if fail_at == (epoch + 1, batch_size):
-            raise RuntimeError(f"injected failure (test hook) at epoch {epoch + 1}, batch size {batch_size}")
+    steps_per_epoch = len(ready.train_loader)
+    total_steps, warmup_steps = params.epochs * steps_per_epoch, max(1, int(settings.warmup_epochs * steps_per_epoch))
+    schedule = functools.partial(lr_at, total_steps=total_steps, warmup_steps=warmup_steps, base_lr=params.lr)
+    for epoch in range(ready.start_epoch, params.epochs):
+        if fail_at == (epoch + 1, params.batch_size):
+            raise RuntimeError(f"injected failure (test hook) at epoch {epoch + 1}, batch size {params.batch_size}")
         if ray.train.get_context().get_world_size() > 1:
-            train_loader.sampler.set_epoch(epoch)  # DistributedSampler reshuffles only when told
+            ready.train_loader.sampler.set_epoch(epoch)  # DistributedSampler reshuffles only when told
 
-        # Train one epoch on the trial's LR schedule.
+        # Train one epoch on the trial's LR schedule, then validate.
         epoch_start = time.time()
-        train_loss = train_epoch(model, train_loader, optimizer, schedule, epoch * steps_per_epoch, pos_weight,
-                                 device, mean, std)
-
-        # Validate and report; rank 0 alone writes the checkpoint, all ranks report the same metrics.
-        scores, val_labels, val_loss = score_loader(model, val_loader, device, mean, std)
+        train_loss = train_epoch(model, ready.train_loader, optimizer, schedule, epoch * steps_per_epoch,
+                                 ready.pos_weight, device, settings.mean, settings.std)
+        scores, val_labels, val_loss = score_loader(model, ready.val_loader, device, settings.mean, settings.std)
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "startup_s": startup_s,
                "epoch_s": time.time() - epoch_start, "node_id": node_id,
-               **{f"val_{k}": v for k, v in metrics.epoch_metrics(val_labels, scores).items()}}
-        best_so_far = better(row[settings.metric], best_so_far, settings.mode)
+               **{f"val_{k}": v for k, v in metrics.epoch_metrics(val_labels, scores).items()},
+               **(ready.startup if epoch == ready.start_epoch else {})}
+        previous, best_so_far = best_so_far, better(row[settings.metric], best_so_far, settings.mode)
         row[f"best_{settings.metric}"] = best_so_far  # what Optuna and ASHA see: the trial's best epoch so far
-        report(row, None if rank else checkpoint_state(spec, model, optimizer, epoch + 1, best_so_far))
+        # All ranks report the same metrics; rank 0 alone writes a checkpoint, and only on the epochs it must.
+        save = rank == 0 and checkpoint_due(epoch + 1, params.epochs, settings.checkpoint_every,
+                                            improved=best_so_far != previous)
+        report(row, checkpoint_state(spec, model, optimizer, epoch + 1, best_so_far) if save else None)
+
+
+def checkpoint_due(epoch: int, epochs: int, every: int, improved: bool) -> bool:
+    """Checkpoint when the search metric improved (the best epoch is always kept for the final test),
+    every `every` epochs (bounds what a restarted worker retrains), and at the last epoch (a finished
+    trial's final state)."""
+    return improved or epoch % every == 0 or epoch == epochs
 
 
 def better(value: float, best: float | None, mode: str) -> float:

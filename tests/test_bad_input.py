@@ -92,6 +92,8 @@ CASES = {
                       lambda p: "--seed must be in [0, 2**32), got -1"),
     "target_sensitivity_above_one": (lambda p: ["--data", p["good"], *TINY, "--target-sensitivity", "2", *NOWHERE],
                                      lambda p: "--target-sensitivity must be in (0, 1], got 2.0"),
+    "gpu_fraction_above_one": (lambda p: ["--data", p["good"], *TINY, "--gpus-per-trial", "1.5", *NOWHERE],
+                               lambda p: "--gpus-per-trial 1.5: a GPU fraction is for one-worker trials only"),
     "data_and_demo": (lambda p: ["--data", p["good"], "--demo", *TINY, *NOWHERE],
                       lambda p: "--data and --demo exclude each other"),
     "external_not_a_data_set": (lambda p: ["--data", p["good"], *TINY, "--external", f"site={p['junk']}", *NOWHERE],

@@ -36,6 +36,16 @@ PLANS = [
     ("a custom resource per worker limits concurrency (the three-node test cluster)",
      {"gpus_per_trial": 0, "worker_resources": {"fake_gpu": 1}, "storage": "/shared"},
      info({"CPU": 3.0, "fake_gpu": 2.0}, nodes=3), (1, False, 2, 0.0, 3)),
+    ("half a GPU per trial: one worker each, two trials per GPU",
+     {"gpus_per_trial": 0.5}, info({"CPU": 16.0, "GPU": 4.0}), (1, True, 8, 4.0, 1)),
+    ("a quarter GPU per trial on one GPU: four at once",
+     {"gpus_per_trial": 0.25}, info({"CPU": 8.0, "GPU": 1.0}), (1, True, 4, 1.0, 1)),
+    ("0.3 GPU: three per GPU (a trial never spans two GPUs), not 2 // 0.3 = 6.67 rounded",
+     {"gpus_per_trial": 0.3}, info({"CPU": 16.0, "GPU": 2.0}), (1, True, 6, 2.0, 1)),
+    ("0.1 GPU: ten per GPU despite 1 / 0.1 = 9.999... in floating point",
+     {"gpus_per_trial": 0.1}, info({"CPU": 16.0, "GPU": 1.0}), (1, True, 10, 1.0, 1)),
+    ("packed trials run out of CPUs first",
+     {"gpus_per_trial": 0.25}, info({"CPU": 2.0, "GPU": 1.0}), (1, True, 2, 1.0, 1)),
     ("scale from zero: no GPU up yet, the autoscaler can bring four",
      {"storage": "s3://bucket/runs"}, info({"CPU": 0.0}, max_resources=SCALE_FROM_ZERO), (1, True, 4, 0.0, 1)),
 ]
@@ -53,6 +63,11 @@ REFUSALS = [
     ("more GPUs than the autoscaler's limit",
      {"gpus_per_trial": 8, "storage": "s3://b/p"}, info({"CPU": 0.0}, max_resources=SCALE_FROM_ZERO),
      r"asks for 8 GPU\(s\) .* can scale to 4; use --gpus-per-trial 4"),
+    ("a GPU fraction above one: DDP ranks would share a GPU",
+     {"gpus_per_trial": 1.5}, info({"CPU": 8.0, "GPU": 4.0}), r"--gpus-per-trial 1.5: a GPU fraction is for one-worker "
+                                                               r"trials only .*ray-project/ray/issues/48012"),
+    ("a fraction of a GPU the cluster doesn't have",
+     {"gpus_per_trial": 0.5}, info({"CPU": 8.0}), r"asks for 0.5 GPU\(s\) but the cluster has 0"),
     ("more CPUs per worker than any node set offers",
      {"cpus_per_worker": 8}, info({"CPU": 4.0}), r"asks for CPU=8 but the cluster offers at most 4"),
     ("a custom resource nobody has",
@@ -74,6 +89,12 @@ def test_plan_describes_itself_in_one_line():
     plan = cluster.plan(SearchConfig(gpus_per_trial=2), info({"CPU": 16.0, "GPU": 4.0}))
     assert plan.describe() == ("each trial: 2 GPU worker(s); up to 2 trial(s) at once on 1 node(s) "
                                "with 16 CPU(s), 4 GPU(s)")
+
+
+def test_packed_plan_describes_the_share():
+    plan = cluster.plan(SearchConfig(gpus_per_trial=0.25), info({"CPU": 8.0, "GPU": 1.0}))
+    assert plan.gpus_per_worker == 0.25
+    assert plan.describe() == "each trial: 1 worker on 0.25 GPU; up to 4 trial(s) at once on 1 node(s) with 8 CPU(s), 1 GPU(s)"
 
 
 def test_autoscaling_limits_of_the_project_cluster_config():

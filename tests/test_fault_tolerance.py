@@ -77,7 +77,9 @@ def test_killed_worker_restarts_from_checkpoint(ray_address, tiny_data, tmp_path
 
     def worker_after_first_epoch():
         reported = list((tmp_path / "worker" / "train").glob("*/checkpoint_*"))
-        alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        # This session's Ray by address: with another local Ray on the machine, none would be ambiguous.
+        alive = list_actors(address=ray_address, filters=[("class_name", "=", "RayTrainWorker"),
+                                                          ("state", "=", "ALIVE")])
         return alive[0] if reported and alive else None
 
     worker = wait_for(worker_after_first_epoch, 300, "a worker that has reported an epoch", proc)

@@ -44,3 +44,12 @@ def test_array_dataset_returns_whole_batches_in_order():
     x, y = ds.__getitems__([3, 1])
     assert x.shape == (2, 2, 2) and y.tolist() == [1, 1]
     assert torch.equal(x[0], torch.from_numpy(images[1]))  # sorted indices
+
+
+def test_checkpoints_on_improvement_every_k_and_at_the_last_epoch():
+    from tbray.train import checkpoint_due
+
+    improved = {1, 2, 3, 8}  # epochs whose metric beat the best so far
+    due = [e for e in range(1, 13) if checkpoint_due(e, 12, 5, improved=e in improved)]
+    assert due == [1, 2, 3, 5, 8, 10, 12]
+    assert [e for e in range(1, 4) if checkpoint_due(e, 3, 1, improved=False)] == [1, 2, 3]  # K=1: every epoch

@@ -1,7 +1,8 @@
 """Benchmark tbray's data path, training step, Ray Train overhead and trial start-up; prints one table.
 
     python tune/bench.py --demo                      # CPU here, GPU where there is one
-    python tune/bench.py --data ~/data/TB_Chest_Radiography_Database --full-trial
+    python tune/bench.py --demo --regime-only        # only the GPU-speed regime (trial/bare, start-up ratios)
+    python tune/bench.py --data ~/data/TB_Chest_Radiography_Database
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from tbray import bench, demo
+from tbray import bench, cluster, demo, regime
 from tbray import model as tbmodel
 from tbray.bench import Row
 
@@ -55,37 +56,19 @@ def in_ray_train(args, use_gpu: bool, cpus: int) -> dict:
             "trial_s": time.time() - start}
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, help="a data set root (default: the demo set with --demo)")
-    p.add_argument("--demo", action="store_true")
-    p.add_argument("--model", default="tf_efficientnet_lite0")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=None, help="default 16 on CPU, 128 on GPU")
-    p.add_argument("--steps", type=int, default=None, help="timed training steps (default 10 on CPU, 50 on GPU)")
-    p.add_argument("--images", type=int, default=256, help="images timed through the naive data path")
-    p.add_argument("--loader-workers", type=int, default=min(4, os.cpu_count() or 1))
-    p.add_argument("--skip-ray", action="store_true", help="only the data path and the bare step")
-    p.add_argument("--cpu-threads", type=int, default=max(1, (os.cpu_count() or 1) - 1),
-                   help="CPU only: training threads in both loops (default: all cores but one, left to Ray)")
-    args = p.parse_args()
-    gpu = torch.cuda.is_available()
-    device = torch.device("cuda" if gpu else "cpu")
-    args.batch_size = args.batch_size or (128 if gpu else 16)
-    args.steps = args.steps or (50 if gpu else 10)
-    root = args.data or demo.make(Path("results") / "demo-data")
-    root, split = bench.split_for_bench(root)
-    print(f"bench: {len(split)} images from {root}; device {torch.cuda.get_device_name() if gpu else 'cpu'} "
-          f"({os.cpu_count()} CPUs); model {args.model} at {args.image_size} px, batch {args.batch_size}",
-          file=sys.stderr)
+def regime_for(args, gpu: bool) -> regime.Regime:
+    """On a GPU, the search's own model at 224 px with its weights; on a CPU, a model as fast as a GPU epoch."""
+    if gpu:
+        return regime.Regime(model=args.model, image_size=224, batch_size=64, epochs=args.regime_epochs, cpus=1,
+                             use_gpu=True, pretrained=True)
+    return regime.Regime(epochs=args.regime_epochs, cpus=args.cpu_threads)
 
-    if not gpu:
-        torch.set_num_threads(args.cpu_threads)
+
+def step_sections(args, root, split, device, gpu: bool) -> list[Row]:
+    """The data path, the bare training step, and the same step inside a Ray Train worker."""
     rows = bench.data_path(root, split, args.image_size, Path(tempfile.mkdtemp()), args.loader_workers, device,
                            args.images)
     state = tbmodel.pretrained_state(args.model, None, True)[0]
-    if not args.skip_ray:
-        ray.init(num_cpus=os.cpu_count())  # first, so both loops share a CPU with Ray's own processes
     bare, util = bench.gpu_utilisation(
         lambda: bench.step_loop(args.model, state, args.image_size, args.batch_size, args.steps, device))
     rows.append(Row("training step, bare PyTorch loop", bare, "img/s",
@@ -105,6 +88,44 @@ def main() -> int:
             per_epoch = n / inside["img_s"]
             rows.append(Row(f"one 30-epoch trial on {n:,} images (compute, projected)", 30 * per_epoch + inside["startup_s"], "s",
                             f"30 x {n} / img/s + start-up"))
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, help="a data set root (default: the demo set with --demo)")
+    p.add_argument("--demo", action="store_true")
+    p.add_argument("--model", default="tf_efficientnet_lite0")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=None, help="default 16 on CPU, 128 on GPU")
+    p.add_argument("--steps", type=int, default=None, help="timed training steps (default 10 on CPU, 50 on GPU)")
+    p.add_argument("--images", type=int, default=256, help="images timed through the naive data path")
+    p.add_argument("--loader-workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--skip-ray", action="store_true", help="only the data path and the bare step")
+    p.add_argument("--cpu-threads", type=int, default=max(1, (os.cpu_count() or 1) - 1),
+                   help="CPU only: training threads in both loops (default: all cores but one, left to Ray)")
+    p.add_argument("--regime-repeats", type=int, default=3, help="GPU-speed regime rounds (0: skip the section)")
+    p.add_argument("--regime-epochs", type=int, default=20, help="epochs of each regime run")
+    p.add_argument("--regime-only", action="store_true", help="only the GPU-speed regime section")
+    args = p.parse_args()
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    args.batch_size = args.batch_size or (128 if gpu else 16)
+    args.steps = args.steps or (50 if gpu else 10)
+    root = args.data or demo.make(Path("results") / "demo-data")
+    root, split = bench.split_for_bench(root)
+    print(f"bench: {len(split)} images from {root}; device {torch.cuda.get_device_name() if gpu else 'cpu'} "
+          f"({os.cpu_count()} CPUs); model {args.model} at {args.image_size} px, batch {args.batch_size}",
+          file=sys.stderr)
+
+    if not gpu:
+        torch.set_num_threads(args.cpu_threads)
+    if not args.skip_ray:  # first, so every loop shares the machine with Ray's own processes
+        cluster.start_local(os.cpu_count())  # a Ray of its own, beside any other local Ray
+    rows = [] if args.regime_only else step_sections(args, root, split, device, gpu)
+    if not args.skip_ray and args.regime_repeats > 0:
+        rows += regime.measure(regime_for(args, gpu), args.regime_repeats)
+    if not args.skip_ray:
         ray.shutdown()
     print(bench.format_table(rows))
     return 0
