@@ -87,6 +87,8 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--max-failures", type=int, default=defaults.max_failures, help="worker restarts per trial")
     search.add_argument("--target-sensitivity", type=float, default=defaults.target_sensitivity)
     search.add_argument("--seed", type=int, default=defaults.seed)
+    search.add_argument("--shortcut-audit", action="store_true",
+                        help="then retrain the best configuration without the lungs and on the lungs only (README)")
     run = p.add_argument_group("run")
     run.add_argument("--results", type=Path, default=defaults.results, help="run folders go here")
     run.add_argument("--name", help="run folder name (default: a timestamp)")
@@ -158,7 +160,7 @@ def to_config(args: argparse.Namespace) -> SearchConfig:
         mode=args.mode or ("min" if args.metric == "val_loss" else "max"), grace_period=args.grace_period,
         max_failures=args.max_failures, target_sensitivity=args.target_sensitivity, external=external_sets,
         min_image_size=args.min_image_size, address=args.address, storage=args.storage, resume=args.resume,
-        num_cpus=args.num_cpus,
+        num_cpus=args.num_cpus, shortcut_audit=args.shortcut_audit,
     )
 
 

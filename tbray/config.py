@@ -113,6 +113,7 @@ class SearchConfig:
     storage: str | None = None  # shared storage (s3://, gs://, NFS path) for multi-node runs
     resume: bool = False
     num_cpus: int | None = None  # local Ray only: CPUs to offer (default: all)
+    shortcut_audit: bool = False  # retrain the best configuration on lung-free / lungs-only images (two more runs)
 
     def to_json(self) -> dict:
         """A JSON-able copy for report.json and the resume check."""

@@ -100,7 +100,7 @@ def load_config(run_dir: Path) -> SearchConfig:
     return SearchConfig(**{k: v for k, v in saved.items() if k in names})
 
 
-TAKEN_ON_RESUME = {"address", "num_cpus", "data"}  # where the search runs and reads from, not what it does
+TAKEN_ON_RESUME = {"address", "num_cpus", "data", "shortcut_audit"}  # where it runs and reads from; what follows it
 # How a session runs its trials; the resumed search keeps the values it started with (Tune restores them).
 KEPT_ON_RESUME = {"max_concurrent", "gpus_per_trial", "cpus_per_worker", "worker_resources", "max_failures"}
 

@@ -16,6 +16,7 @@ def main() -> int:
     p.add_argument("images", type=Path, nargs="+", help="image files or folders (PNG, JPEG)")
     p.add_argument("--threshold", type=float, help="override the saved operating threshold")
     p.add_argument("--out", type=Path, help="write a CSV here (default: print it)")
+    p.add_argument("--cam", type=Path, metavar="DIR", help="also write a Grad-CAM overlay of each scored image here")
     args = p.parse_args()
     try:
         from tbray import inference, predict
@@ -25,6 +26,10 @@ def main() -> int:
         threshold = saved["threshold"] if args.threshold is None else args.threshold
         print(f"tbray: threshold {threshold:.4f} from {origin}", file=sys.stderr)
         table = predict.run(saved, args.images, args.threshold)
+        if args.cam:
+            from tbray import saliency
+
+            saliency.write_overlays(saved, list(map(Path, table.loc[table["error"].isna(), "path"])), args.cam)
     except UserError as exc:
         print(f"tbray: error: {exc}", file=sys.stderr)
         return 2
