@@ -109,7 +109,7 @@ def test_cam_overlays_exist_and_are_not_blank(tmp_path):
     net = model.create("test_efficientnet")
     saved = {"model": net.state_dict(), "model_name": "test_efficientnet", "image_size": SIZE, "mean": 0.5,
              "std": 0.5, "threshold": 0.5}
-    scores = np.linspace(0.01, 0.99, len(labels))  # both classes on both sides of 0.5: every grid has images
+    scores = np.random.default_rng(0).permutation(np.linspace(0.01, 0.99, len(labels)))  # every grid gets images
     record = saliency.report(saved, images, labels, scores, [f"img{i}.png" for i in range(len(labels))], tmp_path)
     for file, n in record["grids"].items():
         assert n > 0
@@ -125,3 +125,37 @@ def test_cam_overlays_exist_and_are_not_blank(tmp_path):
     written = saliency.write_overlays(saved, files, tmp_path / "cams")
     assert [p.name for p in written] == ["x0.cam.png", "x1.cam.png", "x2.cam.png"]
     assert np.asarray(Image.open(written[0])).std() > 10
+
+
+def _tool(script: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tune" / script), *map(str, args)], capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_audit_of_a_finished_run_folder_and_predict_cam(ray_address, tiny_data, tmp_path):
+    refused = _tool("audit.py", tmp_path)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"tbray: error: {tmp_path / 'search.json'}: not found; audit a run folder whose search has finished"]
+    done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "r", "--num-samples", "1",
+                   "--address", ray_address, *TINY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "r"
+    before = json.loads((run / "report.json").read_text())
+    done = _tool("audit.py", run, "--address", ray_address)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((run / "report.json").read_text())
+    audit_record = report["shortcut_audit"]
+    assert {"full_auroc", "outside_lungs_auroc", "outside_lungs_ci", "lungs_only_auroc", "lungs_only_ci",
+            "verdict"} <= set(audit_record)
+    assert audit_record["full_auroc"] == before["evaluation"]["auroc"]["value"]
+    assert report["evaluation"] == before["evaluation"]  # the audit adds; it changes nothing it did not make
+    assert audit_record["verdict"] in done.stdout
+    page = (run / "report.md").read_text()
+    assert "## What the model looks at" in page and audit_record["verdict"] in page
+    assert audit_record["verdict"] in (run / "model_card.md").read_text()
+    assert (run / "lung_mask_examples.png").stat().st_size > 10_000
+
+    image = next((tiny_data / "Tuberculosis").iterdir())
+    done = _tool("predict.py", run / "best_model.pt", image, "--cam", tmp_path / "cams")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "cams" / f"{image.stem}.cam.png").stat().st_size > 0
