@@ -35,6 +35,8 @@ def run(cfg: SearchConfig, settings: TrainSettings, plan: cluster.Plan, split: p
     current["saliency"] = saliency.report(saved, test["images"], test["labels"], scores["score"].to_numpy(),
                                           scores["path"].tolist(), run_dir)
     print(f"tbray: shortcut audit: {current['shortcut_audit']['verdict']}")
+    if current["saliency"]["mostly_outside"]:
+        print("tbray: Grad-CAM: most of the map's mass lies outside the lung fields for at least one class (report.md)")
     return report.publish(run_dir, current)
 
 
