@@ -30,7 +30,7 @@ SEARCH = ["--model", "tf_efficientnet_lite0", "--image-sizes", "128", "--epochs"
 @pytest.fixture(scope="session")
 def real_run(ray_address, tmp_path_factory) -> Path:
     """The default rule and metric, on real X-rays, with an external set and the shortcut audit: about 6 minutes
-    on 2 cores, and AUDITCOST for the audit."""
+    on 2 cores, and a round of two trials more for the audit (README: "The shortcut audit")."""
     results = tmp_path_factory.mktemp("real")
     done = run_cli("--data", REAL / "tbdb-dev", "--external", f"second={REAL / 'second-source-dev'}",
                    "--results", results, "--name", "real", "--address", ray_address, "--shortcut-audit", *SEARCH,
