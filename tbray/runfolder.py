@@ -154,7 +154,8 @@ def for_resume(cfg: SearchConfig, given: dict[str, tuple[str, ...]] | None = Non
     # the trials live under the saved name in that storage, which moving the local folder did not rename.
     name = saved.name if saved.storage else cfg.name
     return dataclasses.replace(saved, name=name, resume=True, results=cfg.results, address=cfg.address,
-                               num_cpus=cfg.num_cpus, data=cfg.data or saved.data)
+                               num_cpus=cfg.num_cpus, data=cfg.data or saved.data,
+                               shortcut_audit=cfg.shortcut_audit or saved.shortcut_audit)
 
 
 def data_root(cfg: SearchConfig) -> Path:
