@@ -12,7 +12,6 @@ import sys
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 from PIL import Image
 from scipy import ndimage
