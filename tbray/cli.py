@@ -90,6 +90,8 @@ def parser() -> argparse.ArgumentParser:
                         help="checkpoint every K epochs, besides when the metric improves and at the last epoch")
     search.add_argument("--target-sensitivity", type=float, default=defaults.target_sensitivity)
     search.add_argument("--seed", type=int, default=defaults.seed)
+    search.add_argument("--shortcut-audit", action="store_true",
+                        help="then retrain the best configuration without the lungs and on the lungs only (README)")
     run = p.add_argument_group("run")
     run.add_argument("--results", type=Path, default=defaults.results, help="run folders go here")
     run.add_argument("--name", help="run folder name (default: a timestamp)")
@@ -162,7 +164,7 @@ def to_config(args: argparse.Namespace) -> SearchConfig:
         mode=args.mode or ("min" if args.metric == "val_loss" else "max"), grace_period=args.grace_period,
         max_failures=args.max_failures, checkpoint_every=args.checkpoint_every, target_sensitivity=args.target_sensitivity, external=external_sets,
         min_image_size=args.min_image_size, address=args.address, storage=args.storage, resume=args.resume,
-        num_cpus=args.num_cpus, mlflow_uri=args.mlflow_uri,
+        num_cpus=args.num_cpus, mlflow_uri=args.mlflow_uri, shortcut_audit=args.shortcut_audit,
     )
 
 

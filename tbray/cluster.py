@@ -14,8 +14,7 @@ from pathlib import Path
 import ray
 import yaml
 
-from tbray import reaper
-from tbray import packing
+from tbray import packing, reaper
 from tbray.config import SearchConfig
 from tbray.errors import UserError
 

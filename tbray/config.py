@@ -120,6 +120,7 @@ class SearchConfig:
     resume: bool = False
     num_cpus: int | None = None  # local Ray only: CPUs to offer (default: all)
     mlflow_uri: str | None = None  # MLflow tracking server; default: SQLite in the run folder (tbray.tracking)
+    shortcut_audit: bool = False  # retrain the best configuration on lung-free / lungs-only images (two more runs)
 
     def to_json(self) -> dict:
         """A JSON-able copy for report.json and the resume check."""

@@ -179,6 +179,20 @@ def _spots(rng, x, y, params) -> np.ndarray:
 
 def render(label: int, index: int, size: int = 256, seed: int = 0) -> np.ndarray:
     """One synthetic image as uint8 (size, size); depends only on its own arguments."""
+    return _draw(label, index, size, seed)[0]
+
+
+def lung_field(label: int, index: int, size: int = 256, seed: int = 0) -> np.ndarray:
+    """bool (size, size): where image (label, index, seed) has its lungs, the truth a lung mask is tested on.
+
+    The lungs' soft mask (the one the lesions are drawn through) above one half; drawn by the same code as
+    the image, so it can't drift from what `render` shows.
+    """
+    return _draw(label, index, size, seed)[1] > 0.5
+
+
+def _draw(label: int, index: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 image and its soft lung mask in [0, 1]."""
     rng = np.random.default_rng([seed, label, index])  # per image, so order doesn't matter
     x0, y0 = _grid(size)
     # Small patient shift / scale / rotation, applied to the sampling grid.
@@ -196,7 +210,7 @@ def render(label: int, index: int, size: int = 256, seed: int = 0) -> np.ndarray
     img += rng.standard_normal(img.shape, dtype=np.float32) * grain
     img = np.clip(img, 0.0, 1.0) ** gamma
     img = (img - 0.5) * contrast + (0.5 + brightness)
-    return np.round(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
+    return np.round(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8), lungs
 
 
 def _files(root: Path, n_images: int, tb_fraction: float) -> list[tuple[int, int, Path]]:

@@ -53,3 +53,8 @@ def trial(config: dict, settings: TrainSettings, refs: dict, storage: str, metri
         ),
     )
     trainer.fit()
+
+
+def control_trial(config: dict, refs: dict, **kwargs) -> None:
+    """A shortcut-audit trial (tbray.audit): the search's own trial, on the images of the control it is given."""
+    trial(config, refs={"data": refs["data"][config["control"]], "weights": refs["weights"]}, **kwargs)

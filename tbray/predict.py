@@ -44,6 +44,7 @@ class PredictConfig:
     batch_size: int | None = None  # None: BATCH_SIZE of the device
     workers: int = stream.DEFAULT_WORKERS  # decoding processes (single-process path)
     address: str | None = None  # a Ray cluster (or "local", "auto"): score there with Ray Data
+    cam: Path | None = None  # also write a Grad-CAM overlay per scored image into this folder
     progress: bool = field(default_factory=lambda: sys.stderr.isatty())  # a bar only where a person watches
 
 
@@ -189,3 +190,24 @@ def predict(cfg: PredictConfig, model: Model) -> Results:
         raise
     results.finish(cfg.images)
     return results
+
+
+CAM_CHUNK = 64  # images decoded and mapped at a time for --cam, so its memory stays bounded too
+
+
+def write_cams(cfg: PredictConfig, model: Model) -> None:
+    """`--cam DIR`: a Grad-CAM overlay for every readable image (needs the PyTorch model file)."""
+    if model.saved is None:
+        raise UserError(f"{cfg.model}: --cam needs the PyTorch model file (best_model.pt) scored without --onnx")
+    from tbray import saliency  # grad-cam and OpenCV load only when asked
+
+    readable = []
+    for path in images_under(cfg.images):
+        try:
+            data.load_gray(path)
+            readable.append(path)
+        except Exception:  # listed with its reason in the scores already
+            continue
+    for start in range(0, len(readable), CAM_CHUNK):
+        saliency.write_overlays(model.saved, readable[start:start + CAM_CHUNK], cfg.cam)
+    print(f"tbray: Grad-CAM overlays of {len(readable)} image(s) in {cfg.cam}", file=sys.stderr)

@@ -122,6 +122,12 @@ def write(run_dir: Path, *, evaluation: dict, val_labels, val_scores, test_label
         classification_text(test_labels, test_scores, evaluation), encoding="utf-8")
     report = build(evaluation=evaluation, val_labels=val_labels, val_scores=val_scores, trials=trials,
                    history=history, best=best, config=config, data_summary=data_summary, external=external)
+    return publish(run_dir, report)
+
+
+def publish(run_dir: Path, report: dict) -> dict:
+    """report.md, model_card.md and report.json from one report dict (also after a later section is added)."""
+    report = _json_safe(report)
     # report.md first, report.json last and atomically: a report.json means the run finished.
     _write_atomic(run_dir / "report.md", markdown(report))
     _write_atomic(run_dir / "model_card.md", model_card.markdown(report))

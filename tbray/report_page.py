@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tbray import CLASS_NAMES, external_report
+from tbray import CLASS_NAMES, audit_report, external_report
 from tbray.duplicates import NEAR_DUPLICATE_MAX_DISTANCE
 
 DEMO_BANNER = "SYNTHETIC DEMO DATA — NOT MEDICAL"
@@ -266,6 +266,7 @@ def markdown(report: dict) -> str:
     sections = (
         _headline_section(ev), _threshold_section(ev), _who_section(ev),
         external_report.section(report.get("external") or {}, external_report.internal_summary(ev)),
+        audit_report.section(report),
         _confusion_section(ev),
         _calibration_section(ev), _best_section(report["best"]), _search_section(report["search"]),
         _data_section(report["data_summary"]), _duplicates_section(report["data_summary"]),

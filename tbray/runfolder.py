@@ -100,7 +100,8 @@ def load_config(run_dir: Path) -> SearchConfig:
     return SearchConfig(**{k: v for k, v in saved.items() if k in names})
 
 
-TAKEN_ON_RESUME = {"address", "num_cpus", "data", "mlflow_uri"}  # where the search runs and reads from, not what it does
+# Where the search runs and reads from, and what follows it (tracking, the audit): taken from this command.
+TAKEN_ON_RESUME = {"address", "num_cpus", "data", "mlflow_uri", "shortcut_audit"}
 # How a session runs its trials; the resumed search keeps the values it started with (Tune restores them).
 KEPT_ON_RESUME = {"max_concurrent", "gpus_per_trial", "cpus_per_worker", "worker_resources", "max_failures",
                   "checkpoint_every"}
@@ -156,7 +157,8 @@ def for_resume(cfg: SearchConfig, given: dict[str, tuple[str, ...]] | None = Non
     name = saved.name if saved.storage else cfg.name
     return dataclasses.replace(saved, name=name, resume=True, results=cfg.results, address=cfg.address,
                                num_cpus=cfg.num_cpus, data=cfg.data or saved.data,
-                               mlflow_uri=cfg.mlflow_uri or saved.mlflow_uri)
+                               mlflow_uri=cfg.mlflow_uri or saved.mlflow_uri,
+                               shortcut_audit=cfg.shortcut_audit or saved.shortcut_audit)
 
 
 def data_root(cfg: SearchConfig) -> Path:

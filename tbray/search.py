@@ -160,6 +160,12 @@ def finish(cfg: SearchConfig, grid, prepared: runfolder.Prepared, arrays: dict, 
         first = table["error"].dropna() if "error" in table else []
         raise SearchFailed(f"every trial failed; first error: {first.iloc[0] if len(first) else 'unknown'}")
     result = evaluate.run(cfg, prepared, arrays, best, plan, table, history, externals)
+    if cfg.shortcut_audit:
+        from tbray import audit_run  # grad-cam and OpenCV load only for an audit
+
+        state, _ = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)
+        size = best["params"]["image_size"]
+        result = audit_run.run(cfg, train_settings(cfg, plan), plan, prepared.split, cache.load(arrays[size]), state)
     tracking.record(cfg, table, history, result)
     print(tracking.where(cfg))
     print(report_page.summary_table(result))

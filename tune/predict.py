@@ -27,12 +27,14 @@ def parse(argv=None):
     p.add_argument("--batch-size", type=int, help="default 256 on a GPU, 32 on a CPU")
     p.add_argument("--workers", type=int, default=stream.DEFAULT_WORKERS, help="decoding processes")
     p.add_argument("--address", help="score on this Ray cluster with Ray Data (an address, 'auto', or 'local')")
+    p.add_argument("--cam", type=Path, metavar="DIR", help="also write a Grad-CAM overlay of each scored image here "
+                   "(a .pt model, scored with PyTorch)")
     args = p.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1 or args.workers < 0:
         raise UserError("--batch-size must be at least 1 and --workers at least 0")
     return predict.PredictConfig(model=args.model, images=args.images, out=args.out, threshold=args.threshold,
                                  onnx=args.onnx, batch_size=args.batch_size, workers=args.workers,
-                                 address=args.address)
+                                 address=args.address, cam=args.cam)
 
 
 def main() -> int:
@@ -52,6 +54,8 @@ def main() -> int:
             predict_ray.predict_cluster(cfg, model)
         else:
             predict.predict(cfg, model)
+        if cfg.cam:
+            predict.write_cams(cfg, model)
     except UserError as exc:
         print(f"tbray: error: {exc}", file=sys.stderr)
         return 2
