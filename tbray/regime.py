@@ -37,6 +37,7 @@ class Regime:
     use_gpu: bool = False  # one GPU for the training process in every run
     pretrained: bool = False  # random init: weights are a start-up cost only with --regime-pretrained
     checkpoint_every: int | None = None  # tbray's --checkpoint-every (None: tbray's default)
+    weights: Path | None = None  # a weights file instead of the model's own pretrained weights (--weights)
 
 
 def synthetic_data(regime: Regime, seed: int = 0) -> dict:
@@ -267,7 +268,7 @@ def measure(regime: Regime, repeats: int) -> list:
     """The whole section, on a Ray already started: data and weights put once, then `repeats` rounds."""
     from tbray import model as tbmodel
 
-    weights = tbmodel.pretrained_state(regime.model, None, regime.pretrained)[0]
+    weights = tbmodel.pretrained_state(regime.model, regime.weights, regime.pretrained)[0]
     data = synthetic_data(regime)
     refs = {"data": {regime.image_size: ray.put(data)}, "weights": ray.put(weights) if weights is not None else None}
     rounds = [one_repeat(regime, data, refs, weights) for _ in range(repeats)]

@@ -46,7 +46,7 @@ def in_ray_train(args, use_gpu: bool, cpus: int) -> dict:
         )
         trainer.fit()
 
-    state = tbmodel.pretrained_state(args.model, None, True)[0]
+    state = tbmodel.pretrained_state(args.model, args.weights, True)[0]
     start = time.time()
     grid = tune.Tuner(tune.with_resources(tune.with_parameters(trial, state={"ref": ray.put(state)}),
                                           {"CPU": 0, "memory": 2**20}),
@@ -60,7 +60,7 @@ def regime_for(args, gpu: bool) -> regime.Regime:
     """On a GPU, the search's own model at 224 px with its weights; on a CPU, a model as fast as a GPU epoch."""
     if gpu:
         return regime.Regime(model=args.model, image_size=224, batch_size=64, epochs=args.regime_epochs, cpus=1,
-                             use_gpu=True, pretrained=True)
+                             use_gpu=True, pretrained=True, weights=args.weights)
     return regime.Regime(epochs=args.regime_epochs, cpus=args.cpu_threads)
 
 
@@ -68,7 +68,7 @@ def step_sections(args, root, split, device, gpu: bool) -> list[Row]:
     """The data path, the bare training step, and the same step inside a Ray Train worker."""
     rows = bench.data_path(root, split, args.image_size, Path(tempfile.mkdtemp()), args.loader_workers, device,
                            args.images)
-    state = tbmodel.pretrained_state(args.model, None, True)[0]
+    state = tbmodel.pretrained_state(args.model, args.weights, True)[0]
     bare, util = bench.gpu_utilisation(
         lambda: bench.step_loop(args.model, state, args.image_size, args.batch_size, args.steps, device))
     rows.append(Row("training step, bare PyTorch loop", bare, "img/s",
@@ -96,6 +96,7 @@ def main() -> int:
     p.add_argument("--data", type=Path, help="a data set root (default: the demo set with --demo)")
     p.add_argument("--demo", action="store_true")
     p.add_argument("--model", default="tf_efficientnet_lite0")
+    p.add_argument("--weights", type=Path, help="a weights file for --model instead of its bundled pretrained ones")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=None, help="default 16 on CPU, 128 on GPU")
     p.add_argument("--steps", type=int, default=None, help="timed training steps (default 10 on CPU, 50 on GPU)")
