@@ -77,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--num-samples", type=_positive, default=defaults.num_samples, help="trials in total")
     search.add_argument("--max-concurrent", type=_positive, help="default: what the cluster's GPUs allow")
     search.add_argument("--gpus-per-trial", type=float, help="DDP workers per trial, one GPU each (0: CPU); "
-                        "a fraction (0.5, 0.25) packs one-worker trials onto a GPU")
+                        "a fraction (0.5, 0.25) packs one-worker trials onto a GPU (default with GPUs: 0.25)")
     search.add_argument("--cpus-per-worker", type=_positive, default=defaults.cpus_per_worker)
     search.add_argument("--worker-resource", action="append", default=[], type=_resource, metavar="NAME=AMOUNT",
                         help="a custom Ray resource each worker asks for (repeatable)")

@@ -150,7 +150,7 @@ def plan(cfg: SearchConfig, info: dict) -> Plan:
     have, most = info["resources"], info.get("max_resources") or {}
     reachable = lambda name: max(float(have.get(name, 0)), float(most.get(name, 0)))  # noqa: E731
     gpus = reachable("GPU")
-    wanted = cfg.gpus_per_trial if cfg.gpus_per_trial is not None else (1 if gpus else 0)
+    wanted = cfg.gpus_per_trial if cfg.gpus_per_trial is not None else (packing.DEFAULT_SHARE if gpus else 0)
     gpu_split = packing.split(wanted)  # refuses a fraction above 1 (DDP ranks on a shared GPU)
     if wanted > gpus:
         raise UserError(f"a trial asks for {wanted:g} GPU(s) but the cluster has {float(have.get('GPU', 0)):g} and can "

@@ -103,7 +103,7 @@ class SearchConfig:
     space: SearchSpace = field(default_factory=SearchSpace)
     num_samples: int = 16  # trials Optuna proposes in total
     max_concurrent: int | None = None  # default: cluster GPUs // GPUs per trial (CPUs without GPUs)
-    gpus_per_trial: float | None = None  # default: 1 when the cluster has GPUs, else 0 (CPU); 0.5: 2 trials a GPU
+    gpus_per_trial: float | None = None  # default: 0.25 (4 trials a GPU, tbray.packing) with GPUs, else 0 (CPU)
     cpus_per_worker: int = 1
     worker_resources: dict = field(default_factory=dict)  # e.g. {"accelerator_type:A100": 0.01}
     metric: str = "val_loss"  # unlike val_auroc, it does not saturate on separable validation (README)

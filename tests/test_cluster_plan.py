@@ -23,8 +23,10 @@ def info(resources: dict, nodes: int = 1, max_resources: dict | None = None) -> 
 PLANS = [
     ("CPU-only laptop: one CPU worker per trial, one trial per CPU",
      {}, info({"CPU": 4.0}), (1, False, 4, 0.0, 1)),
-    ("GPUs present: one GPU per trial by default, as many trials as GPUs",
-     {}, info({"CPU": 16.0, "GPU": 4.0}), (1, True, 4, 4.0, 1)),
+    ("GPUs present: a quarter GPU per one-worker trial by default, four trials a GPU",
+     {}, info({"CPU": 16.0, "GPU": 4.0}), (1, True, 16, 4.0, 1)),
+    ("one whole GPU per trial when asked: as many trials as GPUs",
+     {"gpus_per_trial": 1}, info({"CPU": 16.0, "GPU": 4.0}), (1, True, 4, 4.0, 1)),
     ("two GPUs per trial: two DDP workers, half the trials",
      {"gpus_per_trial": 2}, info({"CPU": 16.0, "GPU": 4.0}), (2, True, 2, 4.0, 1)),
     ("CPUs run out before GPUs",
@@ -46,8 +48,8 @@ PLANS = [
      {"gpus_per_trial": 0.1}, info({"CPU": 16.0, "GPU": 1.0}), (1, True, 10, 1.0, 1)),
     ("packed trials run out of CPUs first",
      {"gpus_per_trial": 0.25}, info({"CPU": 2.0, "GPU": 1.0}), (1, True, 2, 1.0, 1)),
-    ("scale from zero: no GPU up yet, the autoscaler can bring four",
-     {"storage": "s3://bucket/runs"}, info({"CPU": 0.0}, max_resources=SCALE_FROM_ZERO), (1, True, 4, 0.0, 1)),
+    ("scale from zero: no GPU up yet, the autoscaler can bring four (a quarter GPU each: sixteen trials)",
+     {"storage": "s3://bucket/runs"}, info({"CPU": 0.0}, max_resources=SCALE_FROM_ZERO), (1, True, 16, 0.0, 1)),
 ]
 
 
