@@ -119,7 +119,7 @@ def start_local(num_cpus: int | None):
     # (tbray.console copies them into the run folder); trial errors still reach it through Tune.
     context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=False)
     global _watchdog  # held for the driver's lifetime: its pipe closing is what tells the watchdog to act
-    _watchdog = reaper.watch()
+    _watchdog = reaper.watch(port)
     return context
 
 

@@ -20,7 +20,7 @@ def alive(known: dict[int, float]) -> dict[int, str]:
         try:
             process = psutil.Process(pid)
             if process.create_time() == started and process.status() != psutil.STATUS_ZOMBIE:
-                left[pid] = process.name()
+                left[pid] = " ".join(process.cmdline())[:160] or process.name()
         except psutil.NoSuchProcess:
             continue
     return left
@@ -33,7 +33,7 @@ def test_kill_9_of_a_search_takes_its_local_ray_along(tiny_data, tmp_path):
         # Trials run, so the raylet and both its agents are up.
         wait_for(lambda: (tmp_path / "k9" / "tune").is_dir(), 400, "the search's trials", proc)
         ray_processes = reaper.descendants(proc.pid)
-        names = " ".join(alive(ray_processes).values())
+        names = " ".join(alive(ray_processes).values())  # command lines
         assert "raylet" in names and "gcs_server" in names and "DashboardAgent" in names, names
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -41,7 +41,7 @@ def test_kill_9_of_a_search_takes_its_local_ray_along(tiny_data, tmp_path):
         deadline = time.time() + 20
         while alive(ray_processes) and time.time() < deadline:
             time.sleep(0.5)
-        assert alive(ray_processes) == {}
+        assert alive(ray_processes) == {}, list(alive(ray_processes).values())
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -50,7 +50,7 @@ def test_kill_9_of_a_search_takes_its_local_ray_along(tiny_data, tmp_path):
 def test_the_reaper_kills_what_a_dead_parent_left_and_spares_the_rest(tmp_path):
     # A parent with a grandchild; the parent is killed and the grandchild must follow. A bystander lives.
     script = "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(120)']); " \
-             "from tbray import reaper; w = reaper.watch(); time.sleep(120)"
+             "from tbray import reaper; w = reaper.watch(1); time.sleep(120)"
     parent = subprocess.Popen([sys.executable, "-c", script])
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
