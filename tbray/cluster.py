@@ -92,7 +92,7 @@ def _forwarded_env() -> dict | None:
 # local machine never is. Both are Ray's own settings, read from the environment by every Ray process.
 LEAN_LOCAL_RAY = {"RAY_prestart_worker_first_driver": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
-_watchdog = None  # the reaper of the local Ray this process started, if any
+_watchdogs = []  # the reapers of the local Rays this process started (a test session starts several)
 
 
 def start_local(num_cpus: int | None):
@@ -118,8 +118,8 @@ def start_local(num_cpus: int | None):
     # Workers' and Train controllers' log lines go to the session's log files, not the console
     # (tbray.console copies them into the run folder); trial errors still reach it through Tune.
     context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=False)
-    global _watchdog  # held for the driver's lifetime: its pipe closing is what tells the watchdog to act
-    _watchdog = reaper.watch(port)
+    # Held for the driver's lifetime: a watchdog acts when its pipe closes, and dropping the handle closes it.
+    _watchdogs.append(reaper.watch(port))
     return context
 
 

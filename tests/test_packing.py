@@ -35,11 +35,12 @@ def spans(run) -> list[tuple[float, float]]:
 
 def test_half_gpu_trials_share_one_gpu(one_stand_in_gpu, tiny_data, tmp_path):
     done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "packed", "--address",
-                   one_stand_in_gpu.address, *TINY, "--epochs", "3", "--worker-resource", "fake_gpu=0.5",
+                   one_stand_in_gpu.address, *TINY, "--epochs", "12", "--grace-period", "12", "--worker-resource", "fake_gpu=0.5",
                    "--num-samples", "2")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "up to 2 trial(s) at once" in done.stdout  # the stand-in GPU binds: CPUs would allow 3
     assert (pd.read_csv(tmp_path / "packed" / "trials.csv")["status"] == "completed").all()
     (a_start, a_end), (b_start, b_end) = spans(tmp_path / "packed")
-    # On one GPU, two trials were training at the same time: their epochs overlap in time.
+    # On one GPU, two trials were training at the same time: their epochs overlap in time (12 epochs, so the
+    # training outlasts the second trial's start-up; Tune's timestamps are whole seconds).
     assert max(a_start, b_start) < min(a_end, b_end), spans(tmp_path / "packed")
