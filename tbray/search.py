@@ -158,7 +158,9 @@ def finish(cfg: SearchConfig, grid, prepared: runfolder.Prepared, arrays: dict, 
     if best is None:
         tracking.record(cfg, table, history, None)
         first = table["error"].dropna() if "error" in table else []
-        raise SearchFailed(f"every trial failed; first error: {first.iloc[0] if len(first) else 'unknown'}")
+        if len(first):
+            raise SearchFailed(f"every trial failed; first error: {first.iloc[0]}")
+        raise SearchFailed(f"no trial left a checkpoint under {runfolder.storage_root(cfg)}/train to evaluate")
     result = evaluate.run(cfg, prepared, arrays, best, plan, table, history, externals)
     if cfg.shortcut_audit:
         from tbray import audit_run  # grad-cam and OpenCV load only for an audit

@@ -55,12 +55,25 @@ def _history(result: Result, trial_id: str) -> pd.DataFrame:
     return h.assign(trial_id=trial_id).drop_duplicates("epoch", keep="last").sort_values("epoch")
 
 
+def rebased(path, storage: str):
+    """A reported checkpoint path, moved under this session's storage root.
+
+    Ray records absolute paths (<root>/train/<run>/<checkpoint>); a run folder renamed or moved between
+    sessions still holds the checkpoint, at the same last three parts under its new root.
+    """
+    if not isinstance(path, str) or not path:
+        return path
+    return "/".join([storage, *path.rstrip("/").split("/")[-3:]])
+
+
 def collect(grid: ResultGrid, cfg: SearchConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """trials.csv rows and the per-epoch history, from the ResultGrid Tune returns (every trial, any state)."""
     rows, frames = [], []
     for result in grid:
         trial_id = _trial_id(result)
         h = _history(result, trial_id)
+        if "checkpoint_path" in h:
+            h["checkpoint_path"] = h["checkpoint_path"].map(lambda p: rebased(p, runfolder.storage_root(cfg)))
         if len(h):
             frames.append(h[[c for c in HISTORY if c in h]])
         config = result.config or {}

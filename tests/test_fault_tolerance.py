@@ -119,7 +119,7 @@ def test_every_trial_failing_exits_nonzero_with_first_error(ray_address, tiny_da
                          ids=["one_trial_left_to_start", "every_trial_running"])
 def test_ctrl_c_stops_cleanly_and_resume_finishes(ray_address, tiny_data, tmp_path, samples):
     args = ["--data", tiny_data, "--results", tmp_path, "--name", "ctrlc", "--address", ray_address, *TINY]
-    proc = start_cli(*args, "--epochs", "3", *samples)
+    proc = start_cli(*args, "--epochs", "20", *samples)
     wait_for(lambda: list((tmp_path / "ctrlc" / "train").glob("*/checkpoint_*")), 300, "a first epoch", proc)
     proc.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
     output, _ = proc.communicate(timeout=180)
@@ -139,7 +139,7 @@ def test_sigterm_stops_cleanly_and_the_printed_resume_works_from_another_folder(
     elsewhere.mkdir()
     # Paths as typed relative to where the search starts; the resume runs from another folder.
     proc = start_cli("--data", os.path.relpath(tiny_data, start), "--results", "results", "--name", "term",
-                     "--address", ray_address, *TINY, "--epochs", "3", "--num-samples", "1", cwd=start)
+                     "--address", ray_address, *TINY, "--epochs", "20", "--num-samples", "1", cwd=start)
     run = start / "results" / "term"
     wait_for(lambda: list((run / "train").glob("*/checkpoint_*")), 300, "a first epoch", proc)
     # Every trial exists and runs (one of one): Tune ends it as if finished, so only the signal tells.

@@ -70,3 +70,13 @@ def test_best_ranks_by_validation_loss_when_that_is_the_metric(tmp_path):
 def test_no_best_without_a_kept_checkpoint(tmp_path, case, rows):
     table, history = frames(rows, tmp_path)
     assert trials.best(table, history, SearchConfig()) is None, case
+
+
+@pytest.mark.parametrize("recorded, root, expected", [
+    ("/old/results/ctrlc/train/train-abc/checkpoint_2026", "/new/renamed",
+     "/new/renamed/train/train-abc/checkpoint_2026"),
+    ("bucket/runs/x/train/train-abc/checkpoint_1/", "s3://bucket/runs/x", "s3://bucket/runs/x/train/train-abc/checkpoint_1"),
+    (None, "/new", None),
+])
+def test_a_recorded_checkpoint_path_follows_a_moved_run_folder(recorded, root, expected):
+    assert trials.rebased(recorded, root) == expected
