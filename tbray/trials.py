@@ -56,7 +56,7 @@ def _history(result: Result, trial_id: str) -> pd.DataFrame:
 
 
 def rebased(path, storage: str):
-    """A reported checkpoint path, moved under this session's storage root.
+    """A reported checkpoint path, moved under this session's storage root (the search's, or an audit's).
 
     Ray records absolute paths (<root>/train/<run>/<checkpoint>); a run folder renamed or moved between
     sessions still holds the checkpoint, at the same last three parts under its new root.
@@ -69,11 +69,12 @@ def rebased(path, storage: str):
 def collect(grid: ResultGrid, cfg: SearchConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """trials.csv rows and the per-epoch history, from the ResultGrid Tune returns (every trial, any state)."""
     rows, frames = [], []
+    root = grid.experiment_path.rstrip("/").rsplit("/", 1)[0]  # <root>/tune: its Train runs are in <root>/train
     for result in grid:
         trial_id = _trial_id(result)
         h = _history(result, trial_id)
-        if "checkpoint_path" in h:
-            h["checkpoint_path"] = h["checkpoint_path"].map(lambda p: rebased(p, runfolder.storage_root(cfg)))
+        if "checkpoint_path" in h:  # under the Tune experiment's folder's parent, where Train wrote them
+            h["checkpoint_path"] = h["checkpoint_path"].map(lambda p: rebased(p, root))
         if len(h):
             frames.append(h[[c for c in HISTORY if c in h]])
         config = result.config or {}
