@@ -6,9 +6,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ray import tune
-
-
 EVAL_BATCH_SIZE = 128  # scoring keeps no gradients, so it takes bigger batches than training; used everywhere
 # Epochs between routine checkpoints (improvements and the last epoch are always saved): chosen from
 # tune/bench.py's GPU-speed regime, see README "Lean epochs".
@@ -29,6 +26,8 @@ class SearchSpace:
 
     def param_space(self) -> dict:
         """The Tune search space that OptunaSearch converts to Optuna distributions."""
+        from ray import tune  # imported here: the command line decides how a local Ray binds before Ray loads
+
         return {
             "epochs": tune.choice(list(self.epochs)),
             "batch_size": tune.choice(list(self.batch_sizes)),

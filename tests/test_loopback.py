@@ -1,0 +1,46 @@
+"""A laptop's search keeps its Ray to itself: every socket its local Ray listens on is a loopback address."""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+
+import psutil
+
+from conftest import TINY, start_cli, wait_for
+from tbray import reaper
+
+
+def listening(pids) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every listening TCP socket held by one of `pids`."""
+    found = []
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            try:
+                found.append((conn.laddr.ip, conn.laddr.port, psutil.Process(conn.pid).name()))
+            except psutil.NoSuchProcess:
+                continue
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+def test_no_socket_of_a_local_search_listens_beyond_loopback(tiny_data, tmp_path):
+    proc = start_cli("--data", tiny_data, "--results", tmp_path, "--name", "lan", *TINY, "--epochs", "20",
+                     "--num-samples", "1", "--num-cpus", "1")
+    try:
+        # A trial has reported, so the GCS, raylet, dashboard, its agents and the Train workers all listen.
+        wait_for(lambda: list((tmp_path / "lan" / "train").glob("*/checkpoint_*")), 400, "a first epoch", proc)
+        sockets = listening({proc.pid, *reaper.descendants(proc.pid)})
+        names = {name for _, _, name in sockets}
+        assert "gcs_server" in names and "raylet" in names, sockets  # the servers a LAN could reach
+        assert [s for s in sockets if not is_loopback(s[0])] == [], sockets
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 130, output[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
