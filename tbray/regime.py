@@ -228,8 +228,9 @@ def table_rows(regime: Regime, repeats: list[dict], checkpoint_s: float) -> list
     """The section's rows: medians over the repeats, each with its range; the two ratios scripts read."""
     from tbray.bench import Row
 
-    med = lambda key: float(np.median([r[key] for r in repeats]))  # noqa: E731
-    spread = lambda key: _spread([r[key] for r in repeats])  # noqa: E731
+    # Over the rounds that measured the key: Ray's state API may miss a process that had already ended.
+    med = lambda key: float(np.median([r[key] for r in repeats if key in r]))  # noqa: E731
+    spread = lambda key: _spread([r[key] for r in repeats if key in r])  # noqa: E731
     what = f"{regime.model} at {regime.image_size} px, batch {regime.batch_size}, {regime.epochs} epochs"
     rows = [
         Row(f"GPU-speed regime: bare PyTorch, train + validate each epoch ({what})", med("bare_s"), "s",
@@ -243,10 +244,11 @@ def table_rows(regime: Regime, repeats: list[dict], checkpoint_s: float) -> list
     ]
     rows += [Row(label, med(key), "s", spread(key)) for key, label in PHASES.items() if key in repeats[0]]
     for cls, name in PROCESSES.items():
-        if f"process_{cls}_ready_s" in repeats[0]:
+        seen = sum(f"process_{cls}_ready_s" in r for r in repeats)
+        if seen:
             new = sum(r.get(f"process_{cls}_new", 0) for r in repeats)
             rows.append(Row(f"  {name} process ready, after Tuner.fit", med(f"process_{cls}_ready_s"), "s",
-                            f"a new process in {new:.0f} of {len(repeats)} rounds (else one of Ray's idle workers); "
+                            f"a new process in {new:.0f} of {seen} rounds seen (else one of Ray's idle workers); "
                             f"{spread(f'process_{cls}_ready_s')}"))
     rows += [
         Row("plain Tune function trial start-up: Tuner.fit -> ready to train", med("plain_s"), "s",
