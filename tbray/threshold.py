@@ -95,8 +95,8 @@ def selection(labels, scores, target: float, split_name: str = "validation", lev
 def _too_few_warning(sel: dict, split_name: str) -> str:
     """Why the chosen threshold can't promise the target, and how many TB images would."""
     needed = sel["tb_images_needed"]
-    more = (f"about {needed} TB images at this sensitivity would" if needed else
-            "no number of TB images would at this sensitivity, which does not clear the target")
+    more = (f"it would take about {needed} TB images at this sensitivity" if needed else
+            "no number of TB images would, since this sensitivity does not clear the target")
     return (f"the {split_name} split has {sel['n_tb']} TB images: sensitivity {sel['sensitivity']:.3f} "
             f"[{sel['sensitivity_ci'][0]:.3f}, {sel['sensitivity_ci'][1]:.3f}] there cannot promise "
             f"{sel['target_sensitivity']:.2f} (its 95% lower bound is below it); {more}")
