@@ -94,7 +94,8 @@ def report(saved: dict, images: np.ndarray, labels: np.ndarray, scores: np.ndarr
     grids = {}
     for file, idx in groups(labels, scores, saved["threshold"]).items():
         if len(idx):
-            captions = [f"{Path(paths[i]).name[:22]}\nP(TB) {scores[i]:.3f}, lungs {shares[i]:.0%}" for i in idx]
+            captions = [f"{Path(paths[i]).name[:22]}\nP(TB) {scores[i]:.3f}, " +
+                        (f"lungs {shares[i]:.0%}" if np.isfinite(shares[i]) else "empty map") for i in idx]
             grid_png(images[idx], cams[idx], captions, GROUPS[file], run_dir / file)
         grids[file] = int(len(idx))
     summary = share_summary(shares, labels)
