@@ -9,6 +9,7 @@ Errors still reach the console: Tune prints each trial error with the path of it
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -40,8 +41,14 @@ def reporter(cfg: SearchConfig) -> tune.CLIReporter:
 
 
 def quiet_libraries() -> None:
-    """Optuna's INFO lines ("A new study created", each trial's value) repeat what Tune's table shows."""
+    """Library INFO lines that repeat what the table shows or say nothing a user acts on.
+
+    Optuna's ("A new study created", each trial's value) and Ray Tune's ("Wrote the latest version of all
+    result files ..." after each table, the total run time that the last table shows too). Warnings and
+    errors of both still print: a stop signal, an interrupted experiment, a trial's error file.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
 
 
 def keep_ray_logs(session_dir: str | None, run_dir: Path) -> Path | None:

@@ -239,5 +239,7 @@ def test_the_console_holds_no_library_warnings_or_per_trial_tables(e2e):
     noisy = [line for line in lines if "Warning" in line or "started with configuration" in line]
     assert not noisy, noisy[:5]
     # One Tune table a minute, plus the first and the last: not one per reported epoch.
-    seconds = float(re.search(r"Total run time: ([0-9.]+) seconds", done.stdout + done.stderr).group(1))
+    hours, minutes, seconds = re.findall(r"running for (\d+):(\d+):([0-9.]+)", done.stdout + done.stderr)[-1]
+    seconds = 3600 * int(hours) + 60 * int(minutes) + float(seconds)
     assert sum("== Status ==" in line for line in lines) <= seconds / 60 + 2
+    assert not [line for line in lines if "INFO tune.py" in line], "Tune's INFO lines reach the console"
