@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from tbray import interrupt, packing, runfolder
+from tbray import interrupt, loopback, packing, runfolder
 from tbray.config import SearchConfig, SearchSpace
 from tbray.errors import SearchFailed, UserError
 
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = to_config(args)
         if cfg.resume:
             cfg = runfolder.for_resume(cfg, given_options(argv))
-        loopback_if_local(cfg)
+        loopback.unless_joining(cfg.address)  # before Ray is imported
         from tbray import search  # Ray and torch load only once the options are known to be sane
 
         return search.run(cfg)
@@ -194,17 +194,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _disconnect()
         runfolder.release()
-
-
-def loopback_if_local(cfg: SearchConfig) -> None:
-    """A Ray this search starts itself listens on the loopback address only, as Ray does on macOS and Windows.
-
-    Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 when it is imported and then runs its node on 127.0.0.1,
-    and its servers bind to the node's address: nobody on the LAN reaches the GCS, the raylet or the
-    metrics ports of a laptop's search. A search that joins a cluster (--address, RAY_ADDRESS) is left alone.
-    """
-    if not (cfg.address or os.environ.get("RAY_ADDRESS")):
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def _disconnect() -> None:

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tbray import loopback
 from tbray.errors import UserError
 
 
@@ -42,6 +43,7 @@ def main() -> int:
 
     try:
         cfg = parse()
+        loopback.unless_joining(None if cfg.address == "local" else cfg.address)  # before Ray is imported
         from tbray import predict, scorer
 
         model = scorer.open_model(cfg.model, cfg.onnx)
