@@ -69,11 +69,13 @@ def rebased(path, storage: str):
 def collect(grid: ResultGrid, cfg: SearchConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """trials.csv rows and the per-epoch history, from the ResultGrid Tune returns (every trial, any state)."""
     rows, frames = [], []
-    root = grid.experiment_path.rstrip("/").rsplit("/", 1)[0]  # <root>/tune: its Train runs are in <root>/train
+    # <root>/tune holds the experiment and <root>/train its Train runs, wherever the folder is now; a
+    # remote root comes as the filesystem's path (bucket/key), the form Ray records checkpoints in.
+    root = grid.experiment_path.rstrip("/").rsplit("/", 1)[0]
     for result in grid:
         trial_id = _trial_id(result)
         h = _history(result, trial_id)
-        if "checkpoint_path" in h:  # under the Tune experiment's folder's parent, where Train wrote them
+        if "checkpoint_path" in h:
             h["checkpoint_path"] = h["checkpoint_path"].map(lambda p: rebased(p, root))
         if len(h):
             frames.append(h[[c for c in HISTORY if c in h]])

@@ -75,7 +75,7 @@ def test_no_best_without_a_kept_checkpoint(tmp_path, case, rows):
 @pytest.mark.parametrize("recorded, root, expected", [
     ("/old/results/ctrlc/train/train-abc/checkpoint_2026", "/new/renamed",
      "/new/renamed/train/train-abc/checkpoint_2026"),
-    ("bucket/runs/x/train/train-abc/checkpoint_1/", "s3://bucket/runs/x", "s3://bucket/runs/x/train/train-abc/checkpoint_1"),
+    ("bucket/runs/x/train/train-abc/checkpoint_1/", "bucket/moved/x", "bucket/moved/x/train/train-abc/checkpoint_1"),
     (None, "/new", None),
 ])
 def test_a_recorded_checkpoint_path_follows_a_moved_run_folder(recorded, root, expected):
