@@ -112,27 +112,39 @@ def train_trial(regime: Regime, refs: dict) -> dict:
             **processes(start, start + wall)}
 
 
-PROCESSES = {"ImplicitFunc": "Tune's trial", "TrainController": "Train's controller",
-             "RayTrainWorker": "the Train worker"}  # the actors one trial starts, in order
+# The actors one Train trial starts, in the order they start (Ray's task events on this machine): Tune's
+# trial, the queue through which Train's controller reports into it, the controller, then with the
+# worker group a placement-group cleaner, a synchronization actor and the worker, and last a dataset
+# manager (Train V2 starts one per run, datasets or not). Each is a Python process of its own.
+PROCESSES = {"ImplicitFunc": "Tune's trial", "_QueueActor": "Tune's report queue",
+             "TrainController": "Train's controller", "PlacementGroupCleaner": "Train's placement-group cleaner",
+             "SynchronizationActor": "Train's synchronization actor", "RayTrainWorker": "the Train worker",
+             "DatasetManager": "Train's dataset manager"}
 
 
 def processes(start: float, end: float) -> dict:
-    """For each actor of the trial: was its process new or taken from Ray's pool of idle workers, and when
-    (seconds after Tuner.fit) was it ready. From Ray's public state API, after the trial has ended."""
-    from ray.util.state import list_actors, list_workers
+    """For each actor of the trial: was its process new or taken from Ray's pool of idle workers, when
+    (seconds after Tuner.fit) was the process ready, and when had the actor's __init__ run. From Ray's
+    public state API (workers, and the task events of actor creation), after the trial has ended."""
+    from ray.util.state import list_actors, list_tasks, list_workers
 
     address = ray.get_runtime_context().gcs_address
-    workers = list_workers(address=address, detail=True, limit=10000, raise_on_missing_output=False)
+    query = {"address": address, "detail": True, "limit": 10000, "raise_on_missing_output": False}
+    workers = list_workers(**query)
+    inits = list_tasks(filters=[("type", "=", "ACTOR_CREATION_TASK")], **query)
     out = {}
     for cls in PROCESSES:
-        pids = {a.pid for a in list_actors(address=address, filters=[("class_name", "=", cls)], detail=True,
-                                           limit=10000, raise_on_missing_output=False)}
+        pids = {a.pid for a in list_actors(filters=[("class_name", "=", cls)], **query)}
         mine = [w for w in workers if w.pid in pids and (w.worker_launch_time_ms or 0) / 1e3 < end
                 and (not w.end_time_ms or w.end_time_ms / 1e3 > start)]
         if mine:
             w = min(mine, key=lambda w: w.worker_launch_time_ms)
             out[f"process_{cls}_new"] = float(w.worker_launch_time_ms / 1e3 >= start)
             out[f"process_{cls}_ready_s"] = w.start_time_ms / 1e3 - start
+            done = [e["created_ms"] / 1e3 for t in inits if t.worker_pid == w.pid
+                    for e in (t.events or []) if e["state"] == "FINISHED"]
+            if done:
+                out[f"process_{cls}_init_s"] = min(done) - start
     return out
 
 
@@ -247,9 +259,11 @@ def table_rows(regime: Regime, repeats: list[dict], checkpoint_s: float) -> list
         seen = sum(f"process_{cls}_ready_s" in r for r in repeats)
         if seen:
             new = sum(r.get(f"process_{cls}_new", 0) for r in repeats)
+            init = f"its __init__ done at {med(f'process_{cls}_init_s'):.3g} s; " if any(
+                f"process_{cls}_init_s" in r for r in repeats) else ""
             rows.append(Row(f"  {name} process ready, after Tuner.fit", med(f"process_{cls}_ready_s"), "s",
-                            f"a new process in {new:.0f} of {seen} rounds seen (else one of Ray's idle workers); "
-                            f"{spread(f'process_{cls}_ready_s')}"))
+                            f"{init}a new process in {new:.0f} of {seen} rounds seen (else one of Ray's idle "
+                            f"workers); {spread(f'process_{cls}_ready_s')}"))
     rows += [
         Row("plain Tune function trial start-up: Tuner.fit -> ready to train", med("plain_s"), "s",
             f"same imports, data, model; no Ray Train; {spread('plain_s')}"),
