@@ -14,6 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from tbray import loopback
+
+loopback.unless_joining(None)  # before Ray's import: the bench's own Ray on loopback, on a token, like a search's
+
 import ray
 import ray.train
 import torch
