@@ -90,14 +90,19 @@ def resume_command(cfg: SearchConfig) -> str:
 
 
 def load_config(run_dir: Path) -> SearchConfig:
-    """The options a search was started with (search.json)."""
-    saved = json.loads((run_dir / "search.json").read_text())
-    saved["space"] = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["space"].items()})
-    for key in ("data", "split_file", "results", "weights"):
-        saved[key] = Path(saved[key]) if saved[key] is not None else None
-    saved["external"] = {name: Path(folder) for name, folder in saved.get("external", {}).items()}
-    names = {f.name for f in dataclasses.fields(SearchConfig)}
-    return SearchConfig(**{k: v for k, v in saved.items() if k in names})
+    """The options a search was started with (search.json); a file tbray did not write is refused in one line."""
+    path = run_dir / "search.json"
+    try:
+        saved = json.loads(path.read_text())
+        saved["space"] = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["space"].items()})
+        for key in ("data", "split_file", "results", "weights"):
+            saved[key] = Path(saved[key]) if saved[key] is not None else None
+        saved["external"] = {name: Path(folder) for name, folder in saved.get("external", {}).items()}
+        names = {f.name for f in dataclasses.fields(SearchConfig)}
+        return SearchConfig(**{k: v for k, v in saved.items() if k in names})
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UserError(f"{path}: can't be read as the search's options ({type(exc).__name__}: {exc}); "
+                        "it is written by the search that made this folder") from None
 
 
 # Where the search runs and reads from, and what follows it (tracking, the audit): taken from this command.

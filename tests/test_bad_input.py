@@ -63,6 +63,10 @@ def build(base: Path) -> dict[str, Path]:
     (existing / "tune").mkdir(parents=True)  # trials ran here
     (existing / "split.csv").write_text("path,label,split,sha256\n")
 
+    mangled = p["results"] / "mangled"  # a run folder whose options file tbray did not write
+    mangled.mkdir(parents=True)
+    (mangled / "search.json").write_text('{"space": 3}')
+
     p["randomcsv"] = base / "random.csv"
     p["randomcsv"].write_text("x,y,z\n1,2,3\n4,5,6\n")
     return p
@@ -108,6 +112,9 @@ CASES = {
                             lambda p: "--resume needs --name NAME"),
     "resume_unknown_name": (lambda p: ["--resume", "--name", "ghost", "--results", p["results"], *NOWHERE],
                             lambda p: f"{p['results'] / 'ghost'}: no search to resume there"),
+    "resume_unreadable_options": (lambda p: ["--resume", "--name", "mangled", "--results", p["results"], *NOWHERE],
+                                  lambda p: f"{p['results'] / 'mangled' / 'search.json'}: can't be read as the "
+                                            "search's options"),
     "existing_run_folder": (lambda p: ["--data", p["good"], *TINY, "--results", p["results"], "--name", "taken",
                                        *NOWHERE],
                             lambda p: f"{p['results'] / 'taken'}: run folder exists; pass --resume"),
@@ -166,11 +173,13 @@ def test_argparse_rejects_bad_option_values(case, runs):
 
 
 def test_nothing_was_written_for_refused_runs(runs):
-    """A refused run leaves no run folder behind (only the pre-made 'taken' one exists)."""
+    """A refused run leaves no run folder behind (only the pre-made ones exist, as they were)."""
     paths, futures = runs
     for future in futures.values():
         future.result()
-    assert sorted(p.name for p in paths["results"].iterdir()) == ["taken"]
+    assert sorted(p.name for p in paths["results"].iterdir()) == ["mangled", "taken"]
     assert sorted(p.name for p in (paths["results"] / "taken").iterdir()) == ["split.csv", "tune"]
+    assert [p.name for p in (paths["results"] / "mangled").iterdir()] == ["search.json"]
+    assert (paths["results"] / "mangled" / "search.json").read_text() == '{"space": 3}'
     default = paths["base"] / "default-results"
     assert not default.exists() or not any(default.iterdir())

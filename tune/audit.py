@@ -20,6 +20,12 @@ def main() -> int:
     p.add_argument("--address", help="Ray cluster address (default: the search's, else start a local Ray)")
     args = p.parse_args()
     try:
+        from tbray import loopback, runfolder
+
+        # The Ray the audit runs on: --address, else the search's own; a Ray it starts here stays on
+        # loopback and on a token, as the search's did (set before Ray is imported).
+        saved = runfolder.load_config(args.run).address if (args.run / "search.json").is_file() else None
+        loopback.unless_joining(args.address or saved)
         from tbray import audit_run
 
         result = audit_run.for_folder(args.run, args.address)
