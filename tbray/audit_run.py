@@ -40,6 +40,20 @@ def run(cfg: SearchConfig, settings: TrainSettings, plan: cluster.Plan, split: p
     return report.publish(run_dir, current)
 
 
+def readable_inputs(run_dir: Path, n_test: int) -> None:
+    """The search's files that the audit reads only at its end, checked at its start: report.json (the
+    test AUROC the controls are set against) and test_scores.csv (one score per test image)."""
+    report_file = run_dir / "report.json"
+    try:
+        float(json.loads(report_file.read_text())["evaluation"]["auroc"]["value"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{report_file}: not the report.json a search writes ({type(exc).__name__}: {exc})") from None
+    scores = data.read_table(run_dir / "test_scores.csv", ["path", "score"], "test score table")
+    if len(scores) != n_test:
+        raise UserError(f"{run_dir / 'test_scores.csv'}: {len(scores)} score row(s) for the {n_test} test images of "
+                        "split.csv")
+
+
 def for_folder(run_dir: Path, address: str | None = None) -> dict:
     """`tune/audit.py`: audit a run folder whose search has finished."""
     from tbray import search  # its train_settings: the audit trains exactly as the search's trials did
@@ -50,7 +64,8 @@ def for_folder(run_dir: Path, address: str | None = None) -> dict:
             raise UserError(f"{run_dir / name}: not found; audit a run folder whose search has finished")
     cfg = runfolder.load_config(run_dir)
     cfg.results, cfg.name, cfg.address = run_dir.parent, run_dir.name, address or cfg.address
-    split = pd.read_csv(run_dir / "split.csv")
+    split = data.read_table(run_dir / "split.csv", data.SPLIT_COLUMNS, "split file")
+    readable_inputs(run_dir, int((split["split"] == "test").sum()))  # before Ray starts and anything trains
     root = data.find_root(runfolder.data_root(cfg))  # split.csv's paths are relative to it
     size = int(inference.load_model_file(run_dir / "best_model.pt")["image_size"])
     images = cache.load(cache.build(root, split, [size], runfolder.cache_dir(cfg))[size])

@@ -221,14 +221,22 @@ def write_split(split: pd.DataFrame, path: Path) -> None:
     split[SPLIT_COLUMNS + ["phash"]].to_csv(path, index=False)
 
 
+def read_table(csv: Path, needed: list[str], what: str, dtype=None) -> pd.DataFrame:
+    """A table tbray wrote (split.csv, test_scores.csv), read back; unreadable, or missing a column tbray
+    writes, refused in one line."""
+    try:
+        table = pd.read_csv(csv, dtype=dtype)
+    except (OSError, ValueError) as exc:  # pandas' parser and empty-file errors, bad UTF-8: all ValueErrors
+        raise UserError(f"{csv}: unreadable {what} ({type(exc).__name__}: {exc})")
+    if missing := set(needed) - set(table.columns):
+        raise UserError(f"{csv}: not a {what}, missing column(s) {', '.join(sorted(missing))}")
+    return table
+
+
 def read_split(csv: Path, files: pd.DataFrame) -> pd.DataFrame:
     """Apply a saved split.csv to the files found now; a changed or missing file is refused."""
-    try:
-        saved = pd.read_csv(csv, dtype={"path": str, "sha256": str}).drop(columns=["phash"], errors="ignore")
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UserError(f"{csv}: unreadable split file ({exc})")
-    if missing := set(SPLIT_COLUMNS) - set(saved.columns):
-        raise UserError(f"{csv}: not a split file, missing column(s) {', '.join(sorted(missing))}")
+    saved = read_table(csv, SPLIT_COLUMNS, "split file", {"path": str, "sha256": str})
+    saved = saved.drop(columns=["phash"], errors="ignore")
     if bad := set(saved["split"]) - set(FRACTIONS):
         raise UserError(f"{csv}: unknown split value(s) {', '.join(sorted(map(str, bad)))}")
     merged = saved.merge(files[["path", "sha256", "phash"]], on="path", how="left", suffixes=("", "_now"))

@@ -140,8 +140,11 @@ def write(saved: dict, out: Path, images: np.ndarray | None = None) -> Path:
     out = Path(out)
     blob = to_bytes(saved, images)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, out)
+    try:
+        tmp.write_bytes(blob)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after the rename; after a failure, no half-written graph is left
     return out
 
 

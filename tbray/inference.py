@@ -97,8 +97,11 @@ def save_atomic(payload: dict, path: Path) -> Path:
     """Write then rename, so a kill mid-write never leaves a truncated file that a later load would trust."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after the rename; after a failure, no partial copy is left
     return path
 
 

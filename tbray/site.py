@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tbray import external, external_report, inference, metrics
+from tbray import data, external, external_report, inference, metrics, outputs
 from tbray import threshold as thresholds
 from tbray.errors import UserError
 
@@ -28,8 +28,11 @@ def search_split(model_file: Path, saved: dict) -> pd.DataFrame | None:
     for folder in (Path(model_file).parent, Path(saved.get("run_folder") or Path(model_file).parent)):
         csv = folder / "split.csv"
         if csv.is_file():
-            split = pd.read_csv(csv, dtype=str)
+            split = data.read_table(csv, [], "split file", str)
             if {"sha256", "phash", "split"} <= set(split.columns):
+                if not (ok := split["phash"].str.fullmatch(r"[0-9a-f]{64}", na=False)).all():
+                    raise UserError(f"{csv}: row {int((~ok).argmax()) + 2} has phash {split['phash'][~ok].iloc[0]!r}, "
+                                    "not the 64 hex digits the search writes")
                 return split
     return None
 
@@ -54,17 +57,25 @@ def evaluate(model_file: Path, folder: Path, name: str, target: float | None = N
     """Score a labelled set that arrived after the search; write external-<NAME>.json and .md beside the model."""
     saved = inference.load_model_file(model_file)
     target = target or (saved.get("threshold_source") or {}).get("target_sensitivity", metrics.WHO_TARGET["sensitivity"])
+    internal = internal_figures(Path(model_file).parent / "report.json")  # checked before the scoring
     record, table = scored(load(name, folder, model_file, saved), saved, target)
-    report_file = Path(model_file).parent / "report.json"
-    internal = None
-    if report_file.is_file():
-        internal = external_report.internal_summary(json.loads(report_file.read_text())["evaluation"])
     out = Path(model_file).parent / f"external-{name}"
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
     md_path.write_text(external_report.page(name, record, internal, str(model_file)), encoding="utf-8")
     json_path.write_text(json.dumps({"name": name, "model": str(model_file), **record}, indent=2, default=str))
     table.to_csv(out.with_name(f"external-{name}_scores.csv"), index=False)
     return json_path, md_path
+
+
+def internal_figures(report_file: Path) -> dict | None:
+    """The search's own test figures from the report.json beside the model, if there is one."""
+    if not report_file.is_file():
+        return None
+    try:
+        return external_report.internal_summary(json.loads(report_file.read_text())["evaluation"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise UserError(f"{report_file}: not the report.json a search writes ({type(exc).__name__}: {exc}); "
+                        "move it away to evaluate without the search's figures") from None
 
 
 def data_hash(ext: external.ExternalSet) -> str:
@@ -75,8 +86,7 @@ def data_hash(ext: external.ExternalSet) -> str:
 
 def calibrate(model_file: Path, folder: Path, target: float, out: Path) -> dict:
     """A copy of the model with a threshold chosen on the site's own labelled images; returns the record."""
-    if Path(out).resolve() == Path(model_file).resolve():
-        raise UserError(f"{out}: --out must differ from the model file; the original is kept unchanged")
+    outputs.output_file(out, "--out", [model_file])  # the original model is kept unchanged
     saved = inference.load_model_file(model_file)
     ext = load(Path(folder).resolve().name, folder, model_file, saved)
     record, table = scored(ext, saved, target)

@@ -73,3 +73,25 @@ def test_a_model_without_any_threshold_record_still_predicts(files):
     assert done.returncode == 0, done.stderr
     assert "no record of how the threshold was chosen" in done.stderr
     assert done.stdout.splitlines()[0] == "path,p_tb,prediction,error,threshold"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("out_is_a_folder", "{base}/empty: is a folder; --out takes a file name"),
+    ("out_is_the_model", "{base}/good.pt: --out would overwrite {base}/good.pt, which this command reads"),
+    ("out_is_an_image", "{base}/images/a.png: --out would overwrite {base}/images/a.png, which this command reads"),
+    ("cam_is_a_file", "{base}/good.pt: is a file; --cam takes a folder"),
+    ("threshold_above_one", "--threshold is a P(TB) cut-off in [0, 1], got 7.0"),
+])
+def test_a_slip_in_an_option_is_refused_before_scoring_and_destroys_nothing(files, case, message):
+    base, paths = files
+    before = {p: p.read_bytes() for p in (paths["good"], base / "images" / "a.png")}
+    options = {"out_is_a_folder": ["--out", base / "empty"], "out_is_the_model": ["--out", paths["good"]],
+               "out_is_an_image": ["--out", base / "images" / "a.png"],
+               "cam_is_a_file": ["--out", base / "p.csv", "--cam", paths["good"]],
+               "threshold_above_one": ["--threshold", "7"]}[case]
+    done = _predict(paths["good"], base / "images", *options)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-2000:]
+    # One line, and the first: refused before the threshold line and before any image was scored.
+    assert len(lines) == 1 and lines[0].startswith(f"tbray: error: {message.format(base=base)}"), lines
+    assert {p: p.read_bytes() for p in before} == before and not (base / "p.csv").exists()

@@ -163,7 +163,7 @@ def test_calibration_writes_a_new_model_and_predict_says_where_its_threshold_cam
 
     same = _cli("calibrate.py", model, other, "--out", model)
     assert same.returncode == 2 and same.stderr.strip().splitlines() == [
-        f"tbray: error: {model}: --out must differ from the model file; the original is kept unchanged"]
+        f"tbray: error: {model}: --out would overwrite {model}, which this command reads; name another file"]
 
 
 def test_model_card_is_filled_from_the_report(e2e):
@@ -243,3 +243,39 @@ def test_the_console_holds_no_library_warnings_or_per_trial_tables(e2e):
     seconds = 3600 * int(hours) + 60 * int(minutes) + float(seconds)
     assert sum("== Status ==" in line for line in lines) <= seconds / 60 + 2
     assert not [line for line in lines if "INFO tune.py" in line], "Tune's INFO lines reach the console"
+
+
+def test_damaged_run_files_and_output_slips_are_refused_before_any_work(e2e):
+    """evaluate, calibrate, export and audit on a copy of the run folder whose files were damaged by hand (or
+    with an output path that slipped): one line, exit 2, no file of the folder changed."""
+    tmp_path, other, _ = e2e
+    copy = tmp_path / "damaged"
+    copy.mkdir()
+    for name in ("best_model.pt", "search.json", "split.csv", "report.json", "test_scores.csv"):
+        (copy / name).write_bytes((tmp_path / "e2e" / name).read_bytes())
+    model = copy / "best_model.pt"
+    n_test = int((pd.read_csv(copy / "split.csv")["split"] == "test").sum())
+
+    def refused(script: str, *args, damage: tuple[str, bytes] | None = None) -> str:
+        original = None
+        if damage:
+            original = (copy / damage[0]).read_bytes()
+            (copy / damage[0]).write_bytes(damage[1])
+        before = {p.name: p.read_bytes() for p in copy.iterdir()}
+        done = _cli(script, *args)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("tbray: error: "), done.stderr[-3000:]
+        assert {p.name: p.read_bytes() for p in copy.iterdir()} == before  # nothing written, nothing left behind
+        if damage:
+            (copy / damage[0]).write_bytes(original)
+        return lines[0]
+
+    garbage = b"\xee\x01\x02 not a table \xff\n" * 10
+    assert "split.csv: unreadable split file" in refused("evaluate.py", model, other, damage=("split.csv", garbage))
+    assert "report.json: not the report.json a search writes" in refused("evaluate.py", model, other,
+                                                                         damage=("report.json", b"[1, 2]"))
+    assert "--out would overwrite" in refused("export.py", model, "--out", model)
+    assert "is a folder; --out takes a file name" in refused("calibrate.py", model, other, "--out", tmp_path)
+    short = (copy / "test_scores.csv").read_text().splitlines()[:2]
+    assert f"1 score row(s) for the {n_test} test images" in refused("audit.py", copy,
+                                                             damage=("test_scores.csv", "\n".join(short).encode()))

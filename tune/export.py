@@ -25,11 +25,10 @@ def main() -> int:
     from tbray import export
 
     try:
-        from tbray import inference
+        from tbray import inference, outputs
 
+        outputs.output_file(args.out, "--out", [args.model])
         saved = inference.load_model_file(args.model)
-        if not args.out.resolve().parent.is_dir():
-            raise UserError(f"{args.out}: its folder does not exist")
         images = export.images_for_check(args.check_images, saved["image_size"]) if args.check_images else None
         export.write(saved, args.out, images)
     except UserError as exc:

@@ -17,7 +17,7 @@ from tbray.errors import UserError
 
 
 def parse(argv=None):
-    from tbray import predict, stream
+    from tbray import outputs, predict, stream
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path, help="best_model.pt from a run folder, a calibrated copy, or model.onnx")
@@ -33,6 +33,14 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1 or args.workers < 0:
         raise UserError("--batch-size must be at least 1 and --workers at least 0")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise UserError(f"--threshold is a P(TB) cut-off in [0, 1], got {args.threshold}")
+    if args.cam is not None and (args.onnx or args.model.suffix.lower() == ".onnx"):
+        raise UserError(f"{args.model}: --cam needs the PyTorch model file (best_model.pt) scored without --onnx")
+    if args.out is not None:  # not the model or an image it scores: writing there would destroy it
+        outputs.output_file(args.out, "--out", [args.model, *predict.images_under(args.images)])
+    if args.cam is not None:
+        outputs.output_folder(args.cam, "--cam")
     return predict.PredictConfig(model=args.model, images=args.images, out=args.out, threshold=args.threshold,
                                  onnx=args.onnx, batch_size=args.batch_size, workers=args.workers,
                                  address=args.address, cam=args.cam)

@@ -1,0 +1,32 @@
+"""Files a user names for a command to write (--out, --cam): checked before any work, so a slip in a path
+costs one line, not a scored folder, and never a file the command reads."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from tbray.errors import UserError
+
+
+def output_file(out: Path, flag: str, reads: Iterable[Path] = ()) -> Path:
+    """`out` as a file this command may write: not a folder, in a folder that exists, and none of the files
+    it reads (`reads`: the model, the images), which writing would destroy."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; {flag} takes a file name")
+    if not out.resolve().parent.is_dir():
+        raise UserError(f"{out}: its folder does not exist")
+    for path in reads:
+        if out.exists() and Path(path).exists() and os.path.samefile(path, out):
+            raise UserError(f"{out}: {flag} would overwrite {path}, which this command reads; name another file")
+    return out
+
+
+def output_folder(folder: Path, flag: str) -> Path:
+    """`folder` as one this command may create or add files to: not an existing file."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: is a file; {flag} takes a folder")
+    return folder
