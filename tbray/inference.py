@@ -7,6 +7,7 @@ Training (validation each epoch), the final evaluation, external sets, site cali
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -133,6 +134,14 @@ def _field_problem(saved: dict) -> str | None:
         return f"image_size {size!r} is not a whole number of pixels between 16 and {MAX_IMAGE_SIZE}"
     if not isinstance(threshold, float) or not 0 <= threshold <= 1:
         return f"threshold {threshold!r} is not a probability"
+    for key in ("mean", "std"):  # the intensity normalisation every image gets: (x / 255 - mean) / std
+        value = saved[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                or (key == "std" and value <= 0):
+            return f"{key} {value!r} is not a {'positive ' if key == 'std' else ''}number"
+    for key in ("threshold_source", "calibration"):  # records that predict and the report read, when present
+        if saved.get(key) is not None and not isinstance(saved[key], dict):
+            return f"{key} is not a record (a dict), but {type(saved[key]).__name__}"
     if not isinstance(saved["model_name"], str):
         return "model_name is not a text"
     try:
@@ -142,6 +151,8 @@ def _field_problem(saved: dict) -> str | None:
     if not isinstance(saved["model"], dict):
         return "the weights are not a state dict"
     expected = tbmodel.create(saved["model_name"]).state_dict()
+    if not all(isinstance(v, torch.Tensor) for v in saved["model"].values()):
+        return "the weights are not all tensors"
     wrong = [k for k, v in expected.items() if k not in saved["model"] or saved["model"][k].shape != v.shape]
     if wrong or len(saved["model"]) != len(expected):
         first = wrong[0] if wrong else sorted(set(saved["model"]) - set(expected))[0]

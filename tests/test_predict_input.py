@@ -26,6 +26,10 @@ def files(tmp_path_factory):
         "unknown_model_name": {**good, "model_name": "resnet_nope"},
         "other_architecture": {**good, "model": other},
         "threshold_not_a_probability": {**good, "threshold": 7.0},
+        "mean_not_a_number": {**good, "mean": "abc"},
+        "std_zero": {**good, "std": 0.0},
+        "weights_not_tensors": {**good, "model": {k: 1 for k in good["model"]}},
+        "threshold_source_not_a_record": {**good, "threshold_source": "junk"},
     }
     paths = {}
     for name, payload in {"good": good, **doctored}.items():
@@ -50,6 +54,10 @@ def _predict(*args) -> subprocess.CompletedProcess:
     ("unknown_model_name", "unknown model 'resnet_nope'"),
     ("other_architecture", "the saved weights don't fit 'test_efficientnet'"),
     ("threshold_not_a_probability", "threshold 7.0 is not a probability"),
+    ("mean_not_a_number", "mean 'abc' is not a number"),
+    ("std_zero", "std 0.0 is not a positive number"),
+    ("weights_not_tensors", "the weights are not all tensors"),
+    ("threshold_source_not_a_record", "threshold_source is not a record (a dict), but str"),
 ])
 def test_doctored_model_file_is_refused_in_one_line(files, name, message):
     base, paths = files
