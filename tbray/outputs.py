@@ -18,8 +18,8 @@ def output_file(out: Path, flag: str, reads: Iterable[Path] = ()) -> Path:
         raise UserError(f"{out}: is a folder; {flag} takes a file name")
     if not out.resolve().parent.is_dir():
         raise UserError(f"{out}: its folder does not exist")
-    for path in reads:
-        if out.exists() and Path(path).exists() and os.path.samefile(path, out):
+    for path in reads if out.exists() else ():  # a file not there yet can't be one the command reads
+        if Path(path).exists() and os.path.samefile(path, out):
             raise UserError(f"{out}: {flag} would overwrite {path}, which this command reads; name another file")
     return out
 

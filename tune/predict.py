@@ -38,7 +38,8 @@ def parse(argv=None):
     if args.cam is not None and (args.onnx or args.model.suffix.lower() == ".onnx"):
         raise UserError(f"{args.model}: --cam needs the PyTorch model file (best_model.pt) scored without --onnx")
     if args.out is not None:  # not the model or an image it scores: writing there would destroy it
-        outputs.output_file(args.out, "--out", [args.model, *predict.images_under(args.images)])
+        scored = predict.images_under(args.images) if args.out.exists() else []  # listed again only then
+        outputs.output_file(args.out, "--out", [args.model, *scored])
     if args.cam is not None:
         outputs.output_folder(args.cam, "--cam")
     return predict.PredictConfig(model=args.model, images=args.images, out=args.out, threshold=args.threshold,
