@@ -174,22 +174,3 @@ def plan(cfg: SearchConfig, info: dict) -> Plan:
                 cluster_gpus=float(have.get("GPU", 0)), cluster_cpus=float(have.get("CPU", 0)), nodes=info["nodes"],
                 gpus_per_worker=gpu_split.gpus_per_worker or 1.0)
 
-
-def release_leftover_placement_groups() -> int:
-    """Remove placement groups this job's finished trials still hold; returns how many.
-
-    Train V2 frees a stopped run's workers through a cleaner actor that can lag behind (seen here:
-    minutes after a resumed search ended, its last run still held a CPU), and the final evaluation
-    must not wait on resources that no trial will use again. Called only once every trial has ended.
-    """
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-    from ray.util.state import list_placement_groups
-
-    job = ray.get_runtime_context().get_job_id()
-    # This job's own cluster by address: with two local Rays on one machine, no address is ambiguous.
-    address = ray.get_runtime_context().gcs_address
-    leftover = [pg for pg in list_placement_groups(address=address, filters=[("state", "=", "CREATED")], detail=True)
-                if pg.creator_job_id == job]
-    for pg in leftover:
-        remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg.placement_group_id)))
-    return len(leftover)

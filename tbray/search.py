@@ -18,7 +18,8 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from tbray import cache, cluster, console, evaluate, external, interrupt, report_page, runfolder, tracking, trials
+from tbray import cache, cluster, console, evaluate, external, interrupt, placement, report_page, runfolder, tracking
+from tbray import trials
 from tbray import model as tbmodel
 from tbray.config import SearchConfig, TrainSettings
 from tbray.driver import trial
@@ -102,6 +103,8 @@ def run(cfg: SearchConfig) -> int:
 
     info = cluster.connect(cfg)
     plan = cluster.plan(cfg, info)
+    if not info["session_dir"] and (released := placement.release_abandoned()):  # a cluster others used before
+        print(f"tbray: released {released} placement group(s) that ended searches had left holding resources")
     if info["session_dir"]:
         print(f"tbray: Ray's own logs go to {run_dir / 'ray-logs'} when the search ends")
     interrupt.install()  # over the handlers ray.init and Ray's core put on SIGTERM, which abort the driver
@@ -138,7 +141,7 @@ def fit(cfg: SearchConfig, plan: cluster.Plan, prepared: runfolder.Prepared, arr
     else:
         tuner = make_tuner(cfg, trainable, storage, plan.max_concurrent)
     grid = tuner.fit()
-    if released := cluster.release_leftover_placement_groups():
+    if released := placement.release_leftover():
         print(f"tbray: released {released} placement group(s) that finished trials still held")
     return grid
 

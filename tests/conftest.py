@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,23 @@ def ray_session():
         os.environ.pop(key, None)
     yield context
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _release_abandoned_placement_groups(request):
+    """After each test on the session's Ray, what its searches left holding resources is given back.
+
+    Ray Train can leave a placement group behind when a trial is stopped while its controller starts a
+    worker group; two such groups hold both CPUs of this machine and every later test waits until its
+    timeout (CI ran past 90 minutes so). A search that joins a cluster releases them too, but not the
+    in-process tests; the warning names the test after which it happened.
+    """
+    yield
+    if "ray_session" in request.fixturenames:
+        from tbray import placement
+
+        if released := placement.release_abandoned():
+            warnings.warn(f"released {released} placement group(s) that ended jobs left holding resources")
 
 
 @pytest.fixture(scope="session")

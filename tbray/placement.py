@@ -1,0 +1,69 @@
+"""Placement groups that ended searches leave behind, given back so that the next trial can start.
+
+Ray Train V2 reserves each run's workers in a placement group made by its controller actor. Two ways
+were seen here for such a group to outlive what it was made for:
+
+- A trial stopped while its controller was starting a new worker group: the controller made the group,
+  died two seconds later, and the group stayed CREATED after its search's job had ended (Ray's GCS log of
+  the test session that stalled: the group registered at 09:55:43.6, its job marked finished at 09:55:48,
+  the group never removed). Train's cleaner actor only learns of a group once its workers have started.
+- Train's cleaner can lag behind a finished run (minutes, once, after a resumed search).
+
+On 2 CPUs two such groups hold every CPU and every later trial waits forever. Only the state API's
+public view is used: a group's state, creator job and whether it is detached.
+"""
+
+from __future__ import annotations
+
+import ray
+from ray.util.placement_group import PlacementGroup, remove_placement_group
+from ray.util.state import list_actors, list_jobs, list_placement_groups
+
+HOLDING = ("CREATED", "PENDING", "RESCHEDULING")  # the states in which a group holds or waits for resources
+# A state API listing returns 100 entries unless told otherwise, and refuses more than 10,000.
+LIMIT = 10_000
+# Detached actors that Ray Train starts (per run, or once per cluster); none makes a placement group.
+TRAIN_HELPERS = {"PlacementGroupCleaner", "TrainStateActor", "_AutoscalingCoordinatorActor"}
+
+
+def _address() -> str:
+    # This job's own cluster by address: with two local Rays on one machine, no address is ambiguous.
+    return ray.get_runtime_context().gcs_address
+
+
+def _remove(groups) -> int:
+    for group in groups:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group.placement_group_id)))
+    return len(groups)
+
+
+def release_leftover() -> int:
+    """Remove the placement groups this job's finished trials still hold; returns how many.
+
+    Called only once every trial of this search has ended, so none of them can still be in use: the final
+    evaluation must not wait on resources that no trial will use again.
+    """
+    job = ray.get_runtime_context().get_job_id()
+    return _remove([group for group in list_placement_groups(address=_address(), detail=True, limit=LIMIT)
+                    if group.state in HOLDING and group.creator_job_id == job])
+
+
+def release_abandoned() -> int:
+    """Remove placement groups whose job has ended and that nothing alive can use; returns how many.
+
+    By Ray's own rule a group that is not detached lives as long as the job, or the detached actor, that
+    made it. So a group is released only when it is not detached, its job has ended, and that job left
+    no detached actor alive that could have made it (Train's own helpers aside). Groups of jobs still
+    running, of other people's services and detached groups are never touched.
+    """
+    address = _address()
+    ended = {job.job_id for job in list_jobs(address=address, limit=LIMIT)
+             if job.job_id and job.status.is_terminal()}
+    if not ended:
+        return 0
+    owners_alive = {actor.job_id for actor in list_actors(address=address, filters=[("state", "!=", "DEAD")],
+                                                          limit=LIMIT)
+                    if actor.class_name not in TRAIN_HELPERS}
+    return _remove([group for group in list_placement_groups(address=address, detail=True, limit=LIMIT)
+                    if group.state in HOLDING and not group.is_detached and group.creator_job_id in ended
+                    and group.creator_job_id not in owners_alive])
