@@ -1,6 +1,6 @@
 """Real chest X-rays (../shared/realcxr/): does what tbray prints hold where it matters?
 
-One small real search (Lite0 with its bundled ImageNet weights, 128 px, CPU) is shared by every test
+One small real search (Lite0 with its bundled ImageNet weights, 96 px, CPU) is shared by every test
 here: trained on `tbdb-dev`, with `second-source-dev` (another hospital and country) as an external set.
 Skipped, with the reason, where the folder is absent; CI has it.
 """
@@ -23,14 +23,14 @@ from conftest import REPO, run_cli
 REAL = REPO.parent / "shared" / "realcxr"
 pytestmark = pytest.mark.skipif(not (REAL / "tbdb-dev").is_dir() or not (REAL / "second-source-dev").is_dir(),
                                 reason=f"real chest X-rays not found at {REAL} (tbdb-dev/, second-source-dev/)")
-SEARCH = ["--model", "tf_efficientnet_lite0", "--image-sizes", "128", "--epochs", "4", "--batch-sizes", "32",
+SEARCH = ["--model", "tf_efficientnet_lite0", "--image-sizes", "96", "--epochs", "4", "--batch-sizes", "32",
           "--num-samples", "2", "--grace-period", "2", "--gpus-per-trial", "0"]
 
 
 @pytest.fixture(scope="session")
 def real_run(ray_address, tmp_path_factory) -> Path:
-    """The default rule and metric, on real X-rays, with an external set and the shortcut audit: about 6 minutes
-    on 2 cores, and a round of two trials more for the audit (README: "The shortcut audit")."""
+    """The default rule and metric, on real X-rays, with an external set and the shortcut audit: about 3 minutes
+    on 2 cores, the audit's round of two trials included (README: "The shortcut audit")."""
     results = tmp_path_factory.mktemp("real")
     done = run_cli("--data", REAL / "tbdb-dev", "--external", f"second={REAL / 'second-source-dev'}",
                    "--results", results, "--name", "real", "--address", ray_address, "--shortcut-audit", *SEARCH,
