@@ -10,14 +10,19 @@ were seen here for such a group to outlive what it was made for:
 - Train's cleaner can lag behind a finished run (minutes, once, after a resumed search).
 
 On 2 CPUs two such groups hold every CPU and every later trial waits forever. Only the state API's
-public view is used: a group's state, creator job and whether it is detached.
+public view is used: a group's state, creator job and whether it is detached, and the group each actor
+lives in.
 """
 
 from __future__ import annotations
 
+import time
+
 import ray
+from ray import tune
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 from ray.util.state import list_actors, list_jobs, list_placement_groups
+from ray.util.state.exception import RayStateApiException
 
 HOLDING = ("CREATED", "PENDING", "RESCHEDULING")  # the states in which a group holds or waits for resources
 # A state API listing returns 100 entries unless told otherwise, and refuses more than 10,000.
@@ -31,10 +36,10 @@ def _address() -> str:
     return ray.get_runtime_context().gcs_address
 
 
-def _remove(groups) -> int:
-    for group in groups:
-        remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group.placement_group_id)))
-    return len(groups)
+def _remove(group_ids: set[str]) -> int:
+    for group_id in group_ids:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group_id)))
+    return len(group_ids)
 
 
 def release_leftover() -> int:
@@ -44,8 +49,8 @@ def release_leftover() -> int:
     evaluation must not wait on resources that no trial will use again.
     """
     job = ray.get_runtime_context().get_job_id()
-    return _remove([group for group in list_placement_groups(address=_address(), detail=True, limit=LIMIT)
-                    if group.state in HOLDING and group.creator_job_id == job])
+    return _remove({group.placement_group_id for group in list_placement_groups(address=_address(), limit=LIMIT)
+                    if group.state in HOLDING and group.creator_job_id == job})
 
 
 def release_abandoned() -> int:
@@ -64,6 +69,44 @@ def release_abandoned() -> int:
     owners_alive = {actor.job_id for actor in list_actors(address=address, filters=[("state", "!=", "DEAD")],
                                                           limit=LIMIT)
                     if actor.class_name not in TRAIN_HELPERS}
-    return _remove([group for group in list_placement_groups(address=address, detail=True, limit=LIMIT)
+    groups = list_placement_groups(address=address, detail=True, limit=LIMIT)
+    return _remove({group.placement_group_id for group in groups
                     if group.state in HOLDING and not group.is_detached and group.creator_job_id in ended
-                    and group.creator_job_id not in owners_alive])
+                    and group.creator_job_id not in owners_alive})
+
+
+def unused(job: str) -> set[str]:
+    """Ids of the job's placement groups that are ready but hold no actor, running or waiting to start."""
+    address = _address()
+    used = {actor.placement_group_id for actor in list_actors(
+        address=address, filters=[("job_id", "=", job), ("state", "!=", "DEAD")], detail=True, limit=LIMIT)}
+    return {group.placement_group_id for group in list_placement_groups(
+        address=address, filters=[("creator_job_id", "=", job), ("state", "=", "CREATED")], limit=LIMIT)} - used
+
+
+class ReleaseUnused(tune.Callback):
+    """While the search runs: its own placement groups found empty at two checks in a row are released.
+
+    A group is made and filled in one go (Tune's trial actor, Train's workers right after `ready()`) and
+    removed when its run ends, so one that held no actor a whole interval apart is one whose maker died
+    (a Train worker killed here: its controller made a new group, then died with it). Without this it
+    would hold its CPUs or GPUs until the search ends, and two of them stall a 2-CPU search.
+    """
+
+    def __init__(self, every_s: float = 60.0):  # far above the milliseconds between a group and its actors
+        self.every_s = every_s
+        self._checked = float("-inf")
+        self._empty: set[str] = set()  # found unused at the last check
+
+    def on_step_begin(self, iteration: int, trials: list, **info):
+        if time.monotonic() - self._checked < self.every_s:
+            return
+        self._checked = time.monotonic()
+        try:
+            now = unused(ray.get_runtime_context().get_job_id())
+        except RayStateApiException:  # the dashboard busy or restarting: the trials go on, the next check sees
+            return
+        stale = now & self._empty
+        self._empty = now - stale
+        if released := _remove(stale):
+            print(f"tbray: released {released} placement group(s) that no trial of this search used any more")

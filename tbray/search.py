@@ -42,7 +42,8 @@ def make_tuner(cfg: SearchConfig, trainable, storage: str, max_concurrent: int) 
         param_space=cfg.space.param_space(),
         tune_config=tune.TuneConfig(metric=metric, mode=cfg.mode, search_alg=searcher, scheduler=scheduler,
                                     num_samples=cfg.num_samples, max_concurrent_trials=max_concurrent),
-        run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=1, progress_reporter=console.reporter(cfg)),
+        run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=1, progress_reporter=console.reporter(cfg),
+                                  callbacks=[placement.ReleaseUnused()]),
     )
 
 

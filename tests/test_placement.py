@@ -4,7 +4,8 @@ Two more drivers join the session's Ray, each leaves two groups behind and exits
 all four. Each leaves a detached group, and a group made by a detached actor that still runs. For one
 driver that actor is somebody's service; for the other it is named as Train's placement-group cleaner,
 the only one of its job left alive: the case tbray releases, standing in for the group a Train
-controller made moments before it died, which Ray kept after its job had ended.
+controller made moments before it died, which Ray kept after its job had ended. While a search runs,
+its own groups that hold no actor at two checks in a row are released too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import subprocess
 import sys
 
 import ray
-from ray.util.placement_group import PlacementGroup, remove_placement_group
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from ray.util.state import list_placement_groups
 
 from tbray import placement
@@ -69,3 +71,29 @@ def test_only_groups_of_ended_jobs_that_no_live_owner_can_use_are_released(ray_a
             ray.kill(ray.get_actor(name, namespace="leaver"))
         for group in (owned["detached"], helped["detached"]):
             remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group)))
+
+
+def test_a_group_of_the_search_found_empty_twice_is_released_and_one_in_use_is_kept(ray_address):
+    empty = placement_group([{"CPU": 0.01}])  # this process's job stands in for the search's
+    used = placement_group([{"CPU": 0.01}])
+    ray.get([empty.ready(), used.ready()])
+
+    class Holder:  # defined here, so that Ray ships it by value: its workers can't import this test module
+        def ping(self) -> bool:
+            return True
+
+    holder = ray.remote(num_cpus=0.01)(Holder).options(
+        scheduling_strategy=PlacementGroupSchedulingStrategy(used)).remote()
+    ray.get(holder.ping.remote())
+    watch = placement.ReleaseUnused(every_s=0)
+    try:
+        watch.on_step_begin(0, [])  # first seen empty: its actors may be on their way
+        assert _states(ray_address)[empty.id.hex()] == "CREATED"
+        watch.on_step_begin(1, [])
+        states = _states(ray_address)
+        assert states[empty.id.hex()] == "REMOVED" and states[used.id.hex()] == "CREATED"
+        watch.on_step_begin(2, [])
+        assert _states(ray_address)[used.id.hex()] == "CREATED"
+    finally:
+        ray.kill(holder)
+        remove_placement_group(used)
