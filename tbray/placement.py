@@ -24,6 +24,8 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 from ray.util.state import list_actors, list_jobs, list_placement_groups
 from ray.util.state.exception import RayStateApiException
 
+from tbray.errors import UserError
+
 HOLDING = ("CREATED", "PENDING", "RESCHEDULING")  # the states in which a group holds or waits for resources
 # A state API listing returns 100 entries unless told otherwise, and refuses more than 10,000.
 LIMIT = 10_000
@@ -62,8 +64,12 @@ def release_abandoned() -> int:
     running, of other people's services and detached groups are never touched.
     """
     address = _address()
-    ended = {job.job_id for job in list_jobs(address=address, limit=LIMIT)
-             if job.job_id and job.status.is_terminal()}
+    try:
+        jobs = list_jobs(address=address, limit=LIMIT)
+    except RayStateApiException:
+        raise UserError(f"the Ray cluster at {address} has no dashboard (Ray's state API): Ray Train frees a "
+                        "stopped trial's resources through it; start its head with ray[default] and the dashboard")
+    ended = {job.job_id for job in jobs if job.job_id and job.status.is_terminal()}
     if not ended:
         return 0
     owners_alive = {actor.job_id for actor in list_actors(address=address, filters=[("state", "!=", "DEAD")],

@@ -86,3 +86,21 @@ def test_dashboard_shows_the_running_search(ray_address, dashboard_url, tiny_dat
     assert any(run["name"].startswith("train-") for run in runs), runs
     proc.communicate(timeout=600)
     assert proc.returncode == 0
+
+
+def test_a_cluster_without_its_dashboard_is_refused_before_any_trial(tiny_data, tmp_path):
+    """Without the state API, Train can't free an ASHA-stopped trial's resources and the next one waits forever."""
+    bare = Cluster(initialize_head=True, connect=False,
+                   head_node_args={"num_cpus": 1, "include_dashboard": False, "dashboard_port": 8297})
+    address = bare.address
+    try:
+        done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "bare", "--address", address, *TINY,
+                       timeout=300)
+    finally:
+        bare.shutdown()
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+    # Ray's own INFO lines about joining come first; tbray's error is one line and the last.
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"tbray: error: the Ray cluster at {address} has no dashboard (Ray's state API): Ray Train frees a "
+        "stopped trial's resources through it; start its head with ray[default] and the dashboard")
+    assert "Traceback" not in done.stderr and not (tmp_path / "bare" / "tune").exists()  # no trial started
