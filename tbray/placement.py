@@ -3,10 +3,11 @@
 Ray Train V2 reserves each run's workers in a placement group made by its controller actor. Two ways
 were seen here for such a group to outlive what it was made for:
 
-- A trial stopped while its controller was starting a new worker group: the controller made the group,
-  died two seconds later, and the group stayed CREATED after its search's job had ended (Ray's GCS log of
-  the test session that stalled: the group registered at 09:55:43.6, its job marked finished at 09:55:48,
-  the group never removed). Train's cleaner actor only learns of a group once its workers have started.
+- A Train worker killed: its controller made a new group to restart the workers, died two seconds
+  later, and the group stayed CREATED after its search's job had ended (Ray's GCS log of the test
+  session that stalled: the group registered at 09:55:43.6, its job marked finished at 09:55:48, the
+  group never removed). Train's cleaner actor only learns of a group once its workers have started.
+  A driver killed with SIGKILL left two groups behind the same way.
 - Train's cleaner can lag behind a finished run (minutes, once, after a resumed search).
 
 On 2 CPUs two such groups hold every CPU and every later trial waits forever. Only the state API's
