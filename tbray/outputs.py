@@ -30,3 +30,12 @@ def output_folder(folder: Path, flag: str) -> Path:
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: is a file; {flag} takes a folder")
     return folder
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write then rename, so a reader (or a later run) never finds half a file: a kill leaves the old one whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

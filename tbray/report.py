@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import pandas as pd
 from sklearn.metrics import classification_report
 
 from tbray import CLASS_NAMES, model_card, plots
+from tbray.outputs import write_atomic
 from tbray.metrics import epoch_metrics
 from tbray.report_page import is_missing, markdown
 
@@ -129,16 +129,9 @@ def publish(run_dir: Path, report: dict) -> dict:
     """report.md, model_card.md and report.json from one report dict (also after a later section is added)."""
     report = _json_safe(report)
     # report.md first, report.json last and atomically: a report.json means the run finished.
-    _write_atomic(run_dir / "report.md", markdown(report))
-    _write_atomic(run_dir / "model_card.md", model_card.markdown(report))
+    write_atomic(run_dir / "report.md", markdown(report))
+    write_atomic(run_dir / "model_card.md", model_card.markdown(report))
     # allow_nan=False: a NaN that slipped through must fail loudly, not write invalid JSON.
-    _write_atomic(run_dir / "report.json", json.dumps(report, indent=2, allow_nan=False))
+    write_atomic(run_dir / "report.json", json.dumps(report, indent=2, allow_nan=False))
     return report
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write then rename, so a reader never sees half a report."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 

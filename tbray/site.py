@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -53,18 +54,34 @@ def scored(ext: external.ExternalSet, saved: dict, target: float) -> tuple[dict,
         return external.evaluate(ext, saved, target, Path(cache_dir))
 
 
-def evaluate(model_file: Path, folder: Path, name: str, target: float | None = None) -> tuple[Path, Path]:
+def evaluate(model_file: Path, folder: Path, name: str, target: float | None = None,
+             replace: bool = False) -> tuple[Path, Path]:
     """Score a labelled set that arrived after the search; write external-<NAME>.json and .md beside the model."""
+    out = Path(model_file).parent / f"external-{name}"
+    json_path, md_path, csv_path = out.with_suffix(".json"), out.with_suffix(".md"), out.with_name(f"{out.name}_scores.csv")
+    if json_path.exists() and not replace:  # checked first: an earlier site's figures are never lost to a reused name
+        raise UserError(f"{json_path}: an evaluation named {name!r} is already there{_of(json_path)}; "
+                        "pass --name to keep both, or --replace to write over it")
     saved = inference.load_model_file(model_file)
     target = target or (saved.get("threshold_source") or {}).get("target_sensitivity", metrics.WHO_TARGET["sensitivity"])
     internal = internal_figures(Path(model_file).parent / "report.json")  # checked before the scoring
     record, table = scored(load(name, folder, model_file, saved), saved, target)
-    out = Path(model_file).parent / f"external-{name}"
-    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
-    md_path.write_text(external_report.page(name, record, internal, str(model_file)), encoding="utf-8")
-    json_path.write_text(json.dumps({"name": name, "model": str(model_file), **record}, indent=2, default=str))
-    table.to_csv(out.with_name(f"external-{name}_scores.csv"), index=False)
+    # Each file whole or not at all, the .json last: it says the evaluation finished (a kill before it
+    # leaves no .json, so a rerun with the same name goes ahead).
+    csv_tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+    table.to_csv(csv_tmp, index=False)
+    os.replace(csv_tmp, csv_path)
+    outputs.write_atomic(md_path, external_report.page(name, record, internal, str(model_file)))
+    outputs.write_atomic(json_path, json.dumps({"name": name, "model": str(model_file), **record}, indent=2, default=str))
     return json_path, md_path
+
+
+def _of(json_path: Path) -> str:
+    """Which images the earlier evaluation scored, when its file says."""
+    try:
+        return f" (of {json.loads(json_path.read_text())['data_root']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def internal_figures(report_file: Path) -> dict | None:
