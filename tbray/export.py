@@ -16,14 +16,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import tbray
-from tbray import augment, demo, inference
+from tbray import augment, demo, inference, outputs
 from tbray.errors import UserError
 
 PARITY_TOLERANCE = 1e-4  # largest |P(TB) ONNX Runtime - P(TB) PyTorch| accepted, on the CPU in float32
@@ -137,15 +136,7 @@ def parity(module: ScoringGraph, blob: bytes, images: np.ndarray) -> float:
 
 def write(saved: dict, out: Path, images: np.ndarray | None = None) -> Path:
     """Export a loaded model file to `out` (write then rename, as every model file here)."""
-    out = Path(out)
-    blob = to_bytes(saved, images)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(blob)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)  # gone after the rename; after a failure, no half-written graph is left
-    return out
+    return outputs.write_atomic(out, to_bytes(saved, images))
 
 
 def read_metadata(path: Path) -> dict[str, str]:

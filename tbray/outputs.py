@@ -32,10 +32,13 @@ def output_folder(folder: Path, flag: str) -> Path:
     return folder
 
 
-def write_atomic(path: Path, text: str) -> Path:
+def write_atomic(path: Path, data: str | bytes) -> Path:
     """Write then rename, so a reader (or a later run) never finds half a file: a kill leaves the old one whole."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # the pid: two commands never share a temporary file
+    try:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after the rename; after a failure, no partial copy is left
     return path

@@ -17,8 +17,8 @@ import pandas as pd
 from sklearn.metrics import classification_report
 
 from tbray import CLASS_NAMES, model_card, plots
-from tbray.outputs import write_atomic
 from tbray.metrics import epoch_metrics
+from tbray.outputs import write_atomic
 from tbray.report_page import is_missing, markdown
 
 def _json_safe(obj):

@@ -1,7 +1,7 @@
 """After the search: a saved model meets a labelled set from a site, to be measured there or calibrated for it.
 
-`evaluate` writes `external-<NAME>.json` and `.md` beside the model, with the numbers an external set
-gets in the search. `calibrate` chooses a new operating threshold on the site's own images with the
+`evaluate` writes `external-<NAME>.json`, `.md` and `_scores.csv` beside the model, with the numbers an
+external set gets in the search; a name evaluated there before is refused unless `replace` is given. `calibrate` chooses a new operating threshold on the site's own images with the
 search's rule (`tbray.threshold`) and writes a new model file carrying it and a calibration record; the
 original file is never changed. Both leave out copies of the search's own images, found through the
 perceptual hashes in the run folder's split.csv.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -57,20 +56,18 @@ def scored(ext: external.ExternalSet, saved: dict, target: float) -> tuple[dict,
 def evaluate(model_file: Path, folder: Path, name: str, target: float | None = None,
              replace: bool = False) -> tuple[Path, Path]:
     """Score a labelled set that arrived after the search; write external-<NAME>.json and .md beside the model."""
-    out = Path(model_file).parent / f"external-{name}"
-    json_path, md_path, csv_path = out.with_suffix(".json"), out.with_suffix(".md"), out.with_name(f"{out.name}_scores.csv")
+    folder_of_model = Path(model_file).parent
+    json_path, md_path = folder_of_model / f"external-{name}.json", folder_of_model / f"external-{name}.md"
     if json_path.exists() and not replace:  # checked first: an earlier site's figures are never lost to a reused name
         raise UserError(f"{json_path}: an evaluation named {name!r} is already there{_of(json_path)}; "
                         "pass --name to keep both, or --replace to write over it")
     saved = inference.load_model_file(model_file)
     target = target or (saved.get("threshold_source") or {}).get("target_sensitivity", metrics.WHO_TARGET["sensitivity"])
-    internal = internal_figures(Path(model_file).parent / "report.json")  # checked before the scoring
+    internal = internal_figures(folder_of_model / "report.json")  # checked before the scoring
     record, table = scored(load(name, folder, model_file, saved), saved, target)
     # Each file whole or not at all, the .json last: it says the evaluation finished (a kill before it
     # leaves no .json, so a rerun with the same name goes ahead).
-    csv_tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-    table.to_csv(csv_tmp, index=False)
-    os.replace(csv_tmp, csv_path)
+    outputs.write_atomic(folder_of_model / f"external-{name}_scores.csv", table.to_csv(index=False))
     outputs.write_atomic(md_path, external_report.page(name, record, internal, str(model_file)))
     outputs.write_atomic(json_path, json.dumps({"name": name, "model": str(model_file), **record}, indent=2, default=str))
     return json_path, md_path

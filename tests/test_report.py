@@ -188,3 +188,16 @@ def test_importance_png_explains_instead_of_crashing(tmp_path, study):
 def test_per_epoch_plot_without_history(tmp_path):
     path = plots.val_auroc_per_epoch_png(pd.DataFrame(), tmp_path / "epochs.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_write_that_fails_leaves_the_old_file_whole_and_no_temporary_file(tmp_path):
+    from tbray.outputs import write_atomic
+
+    target = tmp_path / "report.json"
+    write_atomic(target, '{"old": 1}')
+    blocked = tmp_path / "folder.json"
+    blocked.mkdir()  # the rename onto a folder fails after the temporary file is written
+    with pytest.raises(OSError):
+        write_atomic(blocked, "new")
+    assert target.read_text() == '{"old": 1}' and blocked.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.json", "report.json"]

@@ -142,12 +142,13 @@ def test_evaluate_later_gives_the_numbers_the_search_gave(e2e):
     # The same name again: refused before any scoring, the first evaluation's files kept byte for byte.
     written = {p.name: p.read_bytes() for p in run.glob("external-later*")}
     assert set(written) == {"external-later.json", "external-later.md", "external-later_scores.csv"}
-    (run / "external-later_scores.csv").write_bytes(b"a kill left this half-written")
+    (run / "external-later_scores.csv").write_bytes(b"changed by hand since")
     again = _cli("evaluate.py", run / "best_model.pt", other, "--name", "later")
     lines = again.stderr.strip().splitlines()
     assert again.returncode == 2 and len(lines) == 1, again.stderr[-2000:]
     assert "external-later.json: an evaluation named 'later' is already there (of " in lines[0]
-    assert (run / "external-later.json").read_bytes() == written["external-later.json"]
+    assert {p.name: p.read_bytes() for p in run.glob("external-later*")} == {
+        **written, "external-later_scores.csv": b"changed by hand since"}
     # --replace writes all three over, whole, and leaves no temporary file behind.
     replaced = _cli("evaluate.py", run / "best_model.pt", other, "--name", "later", "--replace")
     assert replaced.returncode == 0, replaced.stderr[-2000:]
