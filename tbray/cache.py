@@ -50,8 +50,11 @@ def build(root: Path, split: pd.DataFrame, sizes: list[int], cache_dir: Path, th
                     arrays[s][i] = image
         for s in todo:
             tmp = paths[s].with_suffix(f".{os.getpid()}.tmp.npy")
-            np.save(tmp, arrays[s])
-            os.replace(tmp, paths[s])  # atomic: a killed build never leaves a half-written cache
+            try:
+                np.save(tmp, arrays[s])
+                os.replace(tmp, paths[s])  # atomic: a killed build never leaves a half-written cache
+            finally:
+                tmp.unlink(missing_ok=True)  # after a failure (a full disk), no partial array is left
     return paths
 
 

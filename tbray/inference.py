@@ -7,8 +7,8 @@ Training (validation each epoch), the final evaluation, external sets, site cali
 
 from __future__ import annotations
 
+import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from tbray import augment
+from tbray import augment, outputs
 from tbray import model as tbmodel
 from tbray.config import EVAL_BATCH_SIZE
 from tbray.errors import UserError
@@ -96,14 +96,9 @@ def score_images(saved: dict, images: np.ndarray, batch_size: int = EVAL_BATCH_S
 
 def save_atomic(payload: dict, path: Path) -> Path:
     """Write then rename, so a kill mid-write never leaves a truncated file that a later load would trust."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # gone after the rename; after a failure, no partial copy is left
-    return path
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return outputs.write_atomic(path, buffer.getvalue())
 
 
 def load_model_file(path: Path) -> dict:
