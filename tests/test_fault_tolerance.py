@@ -73,7 +73,8 @@ def test_killed_driver_resumes_without_losing_finished_trials(ray_address, tiny_
 
 def test_killed_worker_restarts_from_checkpoint(ray_address, tiny_data, tmp_path):
     args = ["--data", tiny_data, "--results", tmp_path, "--name", "worker", "--address", ray_address, *TINY]
-    proc = start_cli(*args, "--epochs", "4", "--num-samples", "1", "--max-failures", "2")
+    # 10 epochs: a 4-epoch trial of the tiny data once ended before a poll found its worker after a checkpoint.
+    proc = start_cli(*args, "--epochs", "10", "--num-samples", "1", "--max-failures", "2")
 
     def worker_after_first_epoch():
         reported = list((tmp_path / "worker" / "train").glob("*/checkpoint_*"))
@@ -87,7 +88,9 @@ def test_killed_worker_restarts_from_checkpoint(ray_address, tiny_data, tmp_path
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-3000:]
     history = pd.read_csv(tmp_path / "worker" / "history.csv")
-    assert history["epoch"].tolist() == [1, 2, 3, 4]  # no gap, no repeat after the restart
+    assert history["epoch"].tolist() == list(range(1, 11))  # no gap, no repeat after the restart
+    # The kill landed mid-trial: the restarted worker reported its own start-up from the epoch it resumed at.
+    assert history["startup_s"].nunique() == 2, history["startup_s"].tolist()
     assert pd.read_csv(tmp_path / "worker" / "trials.csv")["status"].tolist() == ["completed"]
 
 
