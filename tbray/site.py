@@ -1,9 +1,10 @@
 """After the search: a saved model meets a labelled set from a site, to be measured there or calibrated for it.
 
 `evaluate` writes `external-<NAME>.json`, `.md` and `_scores.csv` beside the model, with the numbers an
-external set gets in the search; a name evaluated there before is refused unless `replace` is given. `calibrate` chooses a new operating threshold on the site's own images with the
-search's rule (`tbray.threshold`) and writes a new model file carrying it and a calibration record; the
-original file is never changed. Both leave out copies of the search's own images, found through the
+external set gets in the search; a name evaluated there before is refused unless `replace` is given.
+`calibrate` chooses a new operating threshold on the site's own images with the search's rule
+(`tbray.threshold`) and writes a new model file carrying it and a calibration record; the original file
+is never changed. Both leave out copies of the search's own images, found through the
 perceptual hashes in the run folder's split.csv.
 """
 
@@ -55,7 +56,8 @@ def scored(ext: external.ExternalSet, saved: dict, target: float) -> tuple[dict,
 
 def evaluate(model_file: Path, folder: Path, name: str, target: float | None = None,
              replace: bool = False) -> tuple[Path, Path]:
-    """Score a labelled set that arrived after the search; write external-<NAME>.json and .md beside the model."""
+    """Score a labelled set that arrived after the search; write external-<NAME>.json, .md and _scores.csv beside
+    the model, and return the .json and .md paths."""
     folder_of_model = Path(model_file).parent
     json_path, md_path = folder_of_model / f"external-{name}.json", folder_of_model / f"external-{name}.md"
     if json_path.exists() and not replace:  # checked first: an earlier site's figures are never lost to a reused name
