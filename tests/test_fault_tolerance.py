@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from ray.util.state import list_actors
+from ray.util.state import list_actors, list_jobs
 
 from conftest import TINY, run_cli, start_cli, wait_for
 
@@ -78,9 +78,13 @@ def test_killed_worker_restarts_from_checkpoint(ray_address, tiny_data, tmp_path
 
     def worker_after_first_epoch():
         reported = list((tmp_path / "worker" / "train").glob("*/checkpoint_*"))
+        # This search's own worker: the shared Ray may still hold a worker of an earlier test's killed search.
+        jobs = [j.job_id for j in list_jobs(address=ray_address)
+                if j.driver_info is not None and int(j.driver_info.pid) == proc.pid]
         # This session's Ray by address: with another local Ray on the machine, none would be ambiguous.
         alive = list_actors(address=ray_address, filters=[("class_name", "=", "RayTrainWorker"),
                                                           ("state", "=", "ALIVE")])
+        alive = [a for a in alive if a.job_id in jobs]
         return alive[0] if reported and alive else None
 
     worker = wait_for(worker_after_first_epoch, 300, "a worker that has reported an epoch", proc)
