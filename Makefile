@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tbray-installed
 DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: demo test bench bench-predict clean-venv
+.PHONY: demo test test-fast bench bench-predict clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ demo: $(STAMP)
 	$(PY) tune/search.py --demo --name $(DEMO_NAME) --epochs 4,6 --batch-sizes 16,32 --image-sizes 96,128 \
 		--lr-range 1e-4 6e-4 --num-samples 4 --grace-period 2 --gpus-per-trial 0
 
+# Everything: the tiers below, the searches, the fault-tolerance runs and the real X-rays (what CI runs).
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The tests that start no Ray and run no search (markers `ray` and `search`, set in tests/conftest.py).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not ray"
 
 bench: $(STAMP)
 	$(PY) tune/bench.py --demo

@@ -8,7 +8,7 @@ from pathlib import Path
 
 EVAL_BATCH_SIZE = 128  # scoring keeps no gradients, so it takes bigger batches than training; used everywhere
 # Epochs between routine checkpoints (improvements and the last epoch are always saved): chosen from
-# tune/bench.py's GPU-speed regime, see README "Lean epochs".
+# tune/bench.py's GPU-speed regime, see docs/benchmarks.md "Lean epochs".
 DEFAULT_CHECKPOINT_EVERY = 5
 
 
@@ -37,55 +37,6 @@ class SearchSpace:
         }
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """Fixed for every trial of a search: how one trial trains, whatever Optuna picked."""
-
-    model: str = "tf_efficientnet_lite0"  # timm name; the only EfficientNet with weights bundled offline
-    mean: float = 0.5  # of the one gray input channel: from the model's pretrained_cfg (model.gray_stats)
-    std: float = 0.5
-    num_workers: int = 1  # Ray Train workers per trial (= GPUs per trial, or 1 CPU worker)
-    use_gpu: bool = False
-    gpus_per_worker: float = 1.0  # below 1 (one worker only): several trials share a GPU
-    cpus_per_worker: int = 1  # data sits decoded in memory, so workers need few CPUs
-    worker_resources: dict = field(default_factory=dict)  # custom Ray resources each worker asks for, as given
-    warmup_epochs: float = 1.0  # linear warm-up before the cosine decay
-    eval_batch_size: int = EVAL_BATCH_SIZE
-    seed: int = 0
-    metric: str = "val_loss"  # the search metric; each epoch also reports its best so far as best_<metric>
-    mode: str = "min"
-    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # and whenever the metric improves, and at the last epoch
-
-
-@dataclass(frozen=True)
-class TrialParams:
-    """What Optuna chose for one trial (the keys of SearchSpace.param_space)."""
-
-    epochs: int
-    batch_size: int  # the trial's global batch, split across its workers
-    image_size: int
-    lr: float
-    weight_decay: float
-
-    @classmethod
-    def from_tune(cls, config: dict) -> "TrialParams":
-        """Tune's config dict for the trial, as one typed object."""
-        return cls(epochs=int(config["epochs"]), batch_size=int(config["batch_size"]),
-                   image_size=int(config["image_size"]), lr=float(config["lr"]),
-                   weight_decay=float(config["weight_decay"]))
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """Everything one trial's workers train with: the one object from the trial to the worker loop."""
-
-    params: TrialParams  # what Optuna chose
-    settings: TrainSettings  # what every trial of the search shares
-    data: object  # ray.ObjectRef of {"train": {...}, "val": {...}} at params.image_size, one copy per node
-    weights: object | None  # ray.ObjectRef of the pretrained backbone state dict, or None (random init)
-    started: float  # time.time() when the trial started, for the start-up figure in the history
-
-
 @dataclass
 class SearchConfig:
     """Everything `python tune/search.py` can be told; one run folder per `name`."""
@@ -102,10 +53,10 @@ class SearchConfig:
     space: SearchSpace = field(default_factory=SearchSpace)
     num_samples: int = 16  # trials Optuna proposes in total
     max_concurrent: int | None = None  # default: cluster GPUs // GPUs per trial (CPUs without GPUs)
-    gpus_per_trial: float | None = None  # default: 0.25 (4 trials a GPU, tbray.packing) with GPUs, else 0 (CPU)
+    gpus_per_trial: float | None = None  # default: 0.25 (4 trials a GPU, tbray.rayops.packing) with GPUs, else 0 (CPU)
     cpus_per_worker: int = 1
     worker_resources: dict = field(default_factory=dict)  # e.g. {"accelerator_type:A100": 0.01}
-    metric: str = "val_loss"  # unlike val_auroc, it does not saturate on separable validation (README)
+    metric: str = "val_loss"  # unlike val_auroc, it does not saturate on separable validation (docs/method.md)
     mode: str = "min"
     grace_period: int = 3  # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: int = 3  # ASHA: keep the best 1/3 at each rung
@@ -118,7 +69,7 @@ class SearchConfig:
     storage: str | None = None  # shared storage (s3://, gs://, NFS path) for multi-node runs
     resume: bool = False
     num_cpus: int | None = None  # local Ray only: CPUs to offer (default: all)
-    mlflow_uri: str | None = None  # MLflow tracking server; default: SQLite in the run folder (tbray.tracking)
+    mlflow_uri: str | None = None  # MLflow tracking server; default: SQLite in the run folder (tbray.search.tracking)
     shortcut_audit: bool = False  # retrain the best configuration on lung-free / lungs-only images (two more runs)
 
     def to_json(self) -> dict:

@@ -16,12 +16,27 @@ TINY = ["--model", "test_efficientnet", "--no-pretrained", "--epochs", "2", "--b
         "--image-sizes", "32", "--min-image-size", "32", "--gpus-per-trial", "0"]
 
 
+# Test tiers (README "How to test"): marked from the fixtures a test uses, directly or through other fixtures.
+RAY_FIXTURES = {"ray_session"}  # the session's local Ray; ray_address and dashboard_url stand on it
+SEARCH_FIXTURES = {"run_cli", "start_cli"}  # tune/search.py as a user runs it: its own Ray, or --address
+
+
+def pytest_collection_modifyitems(items):
+    """`ray`: the test starts or joins a Ray; `search`: it runs tune/search.py. `make test-fast` runs the rest."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & SEARCH_FIXTURES:
+            item.add_marker(pytest.mark.search)
+        if used & (SEARCH_FIXTURES | RAY_FIXTURES):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray with its dashboard, started once for the whole test session."""
     import ray
 
-    from tbray import cluster
+    from tbray.rayops import cluster
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     context = cluster.start_local(num_cpus=2)  # its processes know its address, beside any other local Ray
@@ -44,7 +59,7 @@ def _release_abandoned_placement_groups(request):
     """
     yield
     if "ray_session" in request.fixturenames:
-        from tbray import placement
+        from tbray.rayops import placement
 
         if released := placement.release_abandoned():
             warnings.warn(f"released {released} placement group(s) that ended jobs left holding resources")
@@ -64,21 +79,33 @@ def dashboard_url(ray_session) -> str:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """72 synthetic 64 px images (60 Normal, 12 TB): enough for a stratified 70/20/10 split."""
-    from tbray import demo
+    from tbray.data import demo
 
     return demo.make(tmp_path_factory.mktemp("tiny") / "TB_Chest_Radiography_Database", n_images=72, size=64)
 
 
-def run_cli(*args, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def _run_cli(*args, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python tune/search.py ARGS` as a user runs it; output captured."""
     return subprocess.run([sys.executable, str(REPO / "tune" / "search.py"), *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def start_cli(*args, cwd: Path = REPO) -> subprocess.Popen:
+def _start_cli(*args, cwd: Path = REPO) -> subprocess.Popen:
     """The search in the background, in its own process group, as a user's terminal would run it."""
     return subprocess.Popen([sys.executable, str(REPO / "tune" / "search.py"), *map(str, args)], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """Runs a search as a user would and waits for it (tests that ask for it are marked search and ray)."""
+    return _run_cli
+
+
+@pytest.fixture(scope="session")
+def start_cli():
+    """Starts a search in the background as a user would (tests that ask for it are marked search and ray)."""
+    return _start_cli
 
 
 def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None):
@@ -103,8 +130,8 @@ def tiny_model_file(tmp_path_factory) -> Path:
     import numpy as np
     import torch
 
-    from tbray import demo
-    from tbray import model as tbmodel
+    from tbray.data import demo
+    from tbray.model import factory as tbmodel
 
     torch.manual_seed(0)
     net = tbmodel.create("test_efficientnet").eval()

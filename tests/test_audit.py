@@ -1,4 +1,4 @@
-"""The shortcut audit (tbray.audit), the lung fields it masks (tbray.lungs) and Grad-CAM (tbray.saliency).
+"""The shortcut audit (tbray.audit.controls), the lung fields it masks (tbray.data.lungs) and Grad-CAM (tbray.model.saliency).
 
 The two control trainings run for real (Tune -> Ray Train on the session's local Ray) on small bespoke
 images whose answer is known: TB marked by a blob inside the lung fields, or by a marker in the border.
@@ -13,12 +13,16 @@ import sys
 import numpy as np
 import pandas as pd
 import torch
+from conftest import REPO, TINY
 from PIL import Image
 from scipy import ndimage
 
-from conftest import REPO, TINY, run_cli
-from tbray import audit, audit_report, demo, lungs, model, saliency
-from tbray.config import SearchConfig, TrainSettings, TrialParams
+from tbray.audit import controls
+from tbray.config import SearchConfig
+from tbray.data import demo, lungs
+from tbray.model import factory, saliency
+from tbray.report import audit_section
+from tbray.train.settings import TrainSettings, TrialParams
 
 SIZE = 64  # px: the blob fits well inside each lung field; test_efficientnet still trains in seconds
 PARAMS = TrialParams(epochs=8, batch_size=16, image_size=SIZE, lr=3e-3, weight_decay=1e-4)
@@ -51,10 +55,10 @@ def test_controls_paint_complementary_regions():
 
 def test_verdict_names_the_level_and_the_numbers():
     est = lambda v: {"value": v, "ci_low": v - 0.05, "ci_high": min(1.0, v + 0.05)}  # noqa: E731
-    strong = audit.verdict(0.999, est(0.98), est(0.95))
+    strong = controls.verdict(0.999, est(0.98), est(0.95))
     assert "strong non-disease cues" in strong and "0.980 [0.930, 1.000]" in strong and "0.999" in strong
-    assert "some non-disease cues" in audit.verdict(0.9, est(0.7), est(0.85))
-    assert "little of the performance" in audit.verdict(0.9, est(0.55), est(0.88))
+    assert "some non-disease cues" in controls.verdict(0.9, est(0.7), est(0.85))
+    assert "little of the performance" in controls.verdict(0.9, est(0.55), est(0.88))
 
 
 def _images(n: int, cue: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -85,9 +89,9 @@ def _split(labels: np.ndarray) -> pd.DataFrame:
 
 def _audit(cue: str, tmp_path) -> dict:
     images, labels = _images(256, cue)
-    job = audit.AuditJob(settings=TrainSettings(model="test_efficientnet"), params=PARAMS, split=_split(labels),
+    job = controls.AuditJob(settings=TrainSettings(model="test_efficientnet"), params=PARAMS, split=_split(labels),
                          images=images, weights=None, storage=str(tmp_path), max_concurrent=2)
-    record = audit.run(job, SearchConfig(results=tmp_path, name="a"), full_auroc=1.0, use_gpu=False)
+    record = controls.run(job, SearchConfig(results=tmp_path, name="a"), full_auroc=1.0, use_gpu=False)
     print(cue, {k: record[k] for k in ("outside_lungs_auroc", "lungs_only_auroc", "time_s")})
     return record
 
@@ -95,20 +99,20 @@ def _audit(cue: str, tmp_path) -> dict:
 def test_lesions_inside_the_lungs_are_learnt_from_the_lungs_only(ray_session, tmp_path):
     record = _audit("lesion", tmp_path)
     assert record["lungs_only_auroc"] >= 0.85
-    assert record["outside_lungs_ci"][0] <= 0.5 + 0.05 and record["outside_lungs_auroc"] < audit.SOME
+    assert record["outside_lungs_ci"][0] <= 0.5 + 0.05 and record["outside_lungs_auroc"] < controls.SOME
     assert "little of the performance" in record["verdict"]
 
 
 def test_a_border_cue_is_found_without_the_lungs(ray_session, tmp_path):
     record = _audit("marker", tmp_path)
-    assert record["outside_lungs_auroc"] >= audit.STRONG
+    assert record["outside_lungs_auroc"] >= controls.STRONG
     assert "strong non-disease cues" in record["verdict"] and f"{record['outside_lungs_auroc']:.3f}" in record["verdict"]
 
 
 def test_cam_overlays_exist_and_are_not_blank(tmp_path):
     images, labels = _images(24, "lesion")
     torch.manual_seed(1)  # some random inits put no TB evidence anywhere (every map empty); this one does
-    net = model.create("test_efficientnet")
+    net = factory.create("test_efficientnet")
     saved = {"model": net.state_dict(), "model_name": "test_efficientnet", "image_size": SIZE, "mean": 0.5,
              "std": 0.5, "threshold": 0.5}
     scores = np.random.default_rng(0).permutation(np.linspace(0.01, 0.99, len(labels)))  # every grid gets images
@@ -134,7 +138,7 @@ def _tool(script: str, *args) -> subprocess.CompletedProcess:
                           text=True, timeout=900)
 
 
-def test_audit_of_a_finished_run_folder_and_predict_cam(ray_address, tiny_data, tmp_path):
+def test_audit_of_a_finished_run_folder_and_predict_cam(run_cli, ray_address, tiny_data, tmp_path):
     refused = _tool("audit.py", tmp_path)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         f"tbray: error: {tmp_path / 'search.json'}: not found; audit a run folder whose search has finished"]
@@ -167,7 +171,7 @@ def test_report_section_says_when_the_maps_lie_outside_the_lungs():
     share = {"n": 10, "empty_maps": 0, "median": 0.2, "q1": 0.1, "q3": 0.3, "below_half": 9}
     sal = {"method": "Grad-CAM", "grids": {name: 0 for name in saliency.GROUPS}, "uniform_share": 0.35,
            "lung_share": {"normal": share, "tb": share}, "mostly_outside": True}
-    page = "\n".join(audit_report.section({"saliency": sal}))
+    page = "\n".join(audit_section.section({"saliency": sal}))
     assert "Most of the Grad-CAM mass lies outside the lung fields" in page and "| Normal | 10 | 0.20 |" in page
     assert "No false negatives on the test split." in page
-    assert audit_report.section({"evaluation": {}}) == []
+    assert audit_section.section({"evaluation": {}}) == []

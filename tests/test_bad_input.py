@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 from PIL import Image
 
-from conftest import TINY, run_cli
-from tbray import demo
+from tbray.data import demo
 
 NOWHERE = ["--address", "127.0.0.1:1"]
 
@@ -132,7 +132,7 @@ ARGPARSE_CASES = {
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(run_cli, tmp_path_factory):
     base = tmp_path_factory.mktemp("bad")
     paths = build(base)
     results = base / "default-results"  # cases without --results must not write into the repo

@@ -12,16 +12,16 @@ from PIL import Image
 from ray.train.torch import TorchTrainer
 from torchvision import transforms
 
-from tbray import cache, data
-from tbray.config import TrainSettings, TrialParams, TrialSpec
-from tbray.driver import worker
+from tbray.data import cache, dataset
+from tbray.train.driver import worker
+from tbray.train.settings import TrainSettings, TrialParams, TrialSpec
 
 SIZES = [32, 48]
 
 
 @pytest.fixture(scope="module")
 def split(tiny_data):
-    return data.make_split(data.discover(tiny_data, min_side=32).files, seed=0)
+    return dataset.make_split(dataset.discover(tiny_data, min_side=32).files, seed=0)
 
 
 def test_cache_is_the_plain_decode_pixel_for_pixel(tiny_data, split, tmp_path):
@@ -33,7 +33,7 @@ def test_cache_is_the_plain_decode_pixel_for_pixel(tiny_data, split, tmp_path):
             got = cache.subset(split, images, part)
             rows = split[split["split"] == part]
             assert got["labels"].tolist() == rows["label"].tolist()
-            expected = np.stack([data.resize(data.load_gray(tiny_data / p), size) for p in rows["path"]])
+            expected = np.stack([dataset.resize(dataset.load_gray(tiny_data / p), size) for p in rows["path"]])
             np.testing.assert_array_equal(got["images"], expected)
 
 
@@ -71,7 +71,7 @@ def test_training_on_the_cache_equals_training_on_plain_decodes(ray_address, tin
     plain = {}
     for part in ("train", "val"):
         rows = split[split["split"] == part]
-        plain[part] = {"images": np.stack([data.resize(data.load_gray(tiny_data / p), 32) for p in rows["path"]]),
+        plain[part] = {"images": np.stack([dataset.resize(dataset.load_gray(tiny_data / p), 32) for p in rows["path"]]),
                        "labels": rows["label"].to_numpy().astype(np.int64)}
     a, b = _fit(ray.put(cached)), _fit(ray.put(plain))
     for key in ("val_loss", "val_auroc", "val_accuracy", "train_loss"):
@@ -80,11 +80,11 @@ def test_training_on_the_cache_equals_training_on_plain_decodes(ray_address, tin
 
 
 def test_an_image_deleted_after_the_check_is_named_in_one_user_error(tmp_path):
-    from tbray import demo
+    from tbray.data import demo
     from tbray.errors import UserError
 
     root = demo.make(tmp_path / "data", n_images=72, size=64)
-    split = data.make_split(data.discover(root, min_side=32).files, 0)
+    split = dataset.make_split(dataset.discover(root, min_side=32).files, 0)
     gone = root / split["path"].iloc[5]
     gone.unlink()
     with pytest.raises(UserError, match=f"{gone}: No such file or directory; it was usable when the data were checked"):

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TINY, wait_for
 from ray.cluster_utils import Cluster
-
-from conftest import TINY, run_cli, start_cli, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +24,7 @@ def three_nodes():
     cluster.shutdown()
 
 
-def test_multi_node_search_places_trials_on_workers(three_nodes, tiny_data, tmp_path):
+def test_multi_node_search_places_trials_on_workers(run_cli, three_nodes, tiny_data, tmp_path):
     cluster, head_id, worker_ids = three_nodes
     shared = tmp_path / "shared"  # one folder every node sees, standing in for S3 or NFS
     done = run_cli("--data", tiny_data, "--results", tmp_path / "results", "--name", "multi", "--storage", shared,
@@ -42,7 +41,7 @@ def test_multi_node_search_places_trials_on_workers(three_nodes, tiny_data, tmp_
     assert report["evaluation"]["n_test"] > 0
 
 
-def test_multi_node_without_shared_storage_is_refused(three_nodes, tiny_data, tmp_path):
+def test_multi_node_without_shared_storage_is_refused(run_cli, three_nodes, tiny_data, tmp_path):
     cluster, _, _ = three_nodes
     done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "nostore", "--address", cluster.address,
                    *TINY, timeout=120)
@@ -50,7 +49,7 @@ def test_multi_node_without_shared_storage_is_refused(three_nodes, tiny_data, tm
     assert "shared storage" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_asking_for_gpus_the_cluster_never_has_exits_at_once(ray_address, tiny_data, tmp_path):
+def test_asking_for_gpus_the_cluster_never_has_exits_at_once(run_cli, ray_address, tiny_data, tmp_path):
     # A trial waiting forever for a worker group would run into the timeout (TimeoutExpired) instead.
     done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "gpus", "--address", ray_address,
                    *TINY, "--gpus-per-trial", "2", timeout=120)
@@ -65,7 +64,7 @@ def _get(url: str, token: str | None):
         return json.loads(response.read())
 
 
-def test_dashboard_shows_the_running_search(ray_address, dashboard_url, tiny_data, tmp_path):
+def test_dashboard_shows_the_running_search(start_cli, ray_address, dashboard_url, tiny_data, tmp_path):
     url = dashboard_url
     assert url.startswith("http://127.0.0.1")
     token = (Path.home() / ".ray" / "auth_token").read_text().strip()
@@ -88,7 +87,7 @@ def test_dashboard_shows_the_running_search(ray_address, dashboard_url, tiny_dat
     assert proc.returncode == 0
 
 
-def test_a_cluster_without_its_dashboard_is_refused_before_any_trial(tiny_data, tmp_path):
+def test_a_cluster_without_its_dashboard_is_refused_before_any_trial(run_cli, tiny_data, tmp_path):
     """Without the state API, Train can't free an ASHA-stopped trial's resources and the next one waits forever."""
     bare = Cluster(initialize_head=True, connect=False,
                    head_node_args={"num_cpus": 1, "include_dashboard": False, "dashboard_port": 8297})

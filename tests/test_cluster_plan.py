@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tbray import cluster
 from tbray.config import SearchConfig
 from tbray.errors import UserError
+from tbray.rayops import cluster
 
 REPO = Path(__file__).resolve().parent.parent
 SCALE_FROM_ZERO = {"CPU": 16.0, "GPU": 4.0}  # cluster/gpu.yaml: a CPU-0 head and up to 4 one-GPU workers

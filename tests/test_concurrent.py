@@ -10,8 +10,7 @@ import subprocess
 import sys
 
 import pandas as pd
-
-from conftest import REPO, TINY, run_cli
+from conftest import REPO, TINY
 from test_fault_tolerance import wait_for
 
 LIGHT = [*TINY, "--batch-sizes", "8", "--num-samples", "1", "--num-cpus", "1"]
@@ -23,7 +22,7 @@ def start(*args) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_two_local_searches_at_once_both_finish_and_a_busy_run_folder_is_refused(tiny_data, tmp_path):
+def test_two_local_searches_at_once_both_finish_and_a_busy_run_folder_is_refused(run_cli, tiny_data, tmp_path):
     first = start("--data", tiny_data, "--results", tmp_path, "--name", "first", *LIGHT)
     second = start("--data", tiny_data, "--results", tmp_path, "--name", "second", *LIGHT)
     try:

@@ -1,4 +1,4 @@
-"""The Ray dashboard as a person sees it: headless Chromium, the token typed in as the README says.
+"""The Ray dashboard as a person sees it: headless Chromium, the token typed in as docs/operations.md says.
 
 A tiny search runs in the background against the session's Ray; the browser must find it in the Jobs
 view and its Ray Train run's actors in the Actors view (filtered by class). Screenshots land in
@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import TINY, start_cli, wait_for
+from conftest import TINY, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
 from selenium.webdriver.common.by import By  # noqa: E402  (after the skip above)
+
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
                                 reason="Chromium or chromedriver missing (apt-get install chromium chromium-driver)")
 
@@ -39,7 +39,7 @@ def browser():
 
 
 def _sign_in(driver, url: str) -> None:
-    """Open the dashboard and, as the README says, paste the token from ~/.ray/auth_token into its box."""
+    """Open the dashboard and, as docs/operations.md says, paste the token from ~/.ray/auth_token into its box."""
     from selenium.webdriver.common.keys import Keys
 
     token = Path.home() / ".ray" / "auth_token"
@@ -59,7 +59,7 @@ def _page_text(driver, url: str, wanted: str, timeout: float = 90) -> str:
     return wait_for(lambda: t if wanted in (t := body()) else None, timeout, f"{wanted!r} on {url}")
 
 
-def test_dashboard_lists_the_running_search_and_its_train_run(browser, dashboard_url, ray_address, tiny_data,
+def test_dashboard_lists_the_running_search_and_its_train_run(start_cli, browser, dashboard_url, ray_address, tiny_data,
                                                                tmp_path):
     # One trial with many epochs, so the search is still running while the browser looks.
     search = start_cli("--data", tiny_data, "--results", tmp_path, "--name", "watched", "--num-samples", "1",

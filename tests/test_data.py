@@ -1,4 +1,4 @@
-"""tbray.data on tiny generated data: finding the root, reading every PIL mode, skipped files, the split."""
+"""tbray.data.dataset on tiny generated data: finding the root, reading every PIL mode, skipped files, the split."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tbray import data, demo, duplicates
+from tbray.data import dataset, demo, duplicates
 from tbray.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ def copy_of(src: Path, dst: Path) -> Path:
     return dst
 
 
-def skipped_reasons(found: data.Discovery) -> dict[str, str]:
+def skipped_reasons(found: dataset.Discovery) -> dict[str, str]:
     return dict(zip(found.skipped["path"], found.skipped["reason"]))
 
 
@@ -58,8 +58,8 @@ def random_hex64(rng: np.random.Generator, n: int) -> list[str]:
 
 
 def test_find_root_accepts_the_root_and_its_parent(demo72):
-    assert data.find_root(demo72) == demo72
-    assert data.find_root(demo72.parent) == demo72
+    assert dataset.find_root(demo72) == demo72
+    assert dataset.find_root(demo72.parent) == demo72
 
 
 def test_find_root_and_labels_ignore_the_case_of_class_folders(tmp_path):
@@ -69,8 +69,8 @@ def test_find_root_and_labels_ignore_the_case_of_class_folders(tmp_path):
         for i in range(3):
             value = 60 + 40 * i + 10 * label
             Image.new("L", (64, 64), value).save(root / folder / f"{folder}-{i}.png")
-    assert data.find_root(tmp_path) == root
-    found = data.discover(tmp_path, min_side=32)
+    assert dataset.find_root(tmp_path) == root
+    found = dataset.discover(tmp_path, min_side=32)
     assert found.root == root
     labels = dict(zip(found.files["path"], found.files["label"]))
     assert labels == {**{f"NORMAL/NORMAL-{i}.png": 0 for i in range(3)},
@@ -79,13 +79,13 @@ def test_find_root_and_labels_ignore_the_case_of_class_folders(tmp_path):
 
 def test_find_root_refuses_a_missing_folder_one_class_and_a_foreign_folder(tmp_path):
     with pytest.raises(UserError, match="data folder not found"):
-        data.find_root(tmp_path / "nope")
+        dataset.find_root(tmp_path / "nope")
     (tmp_path / "one" / "Normal").mkdir(parents=True)
     with pytest.raises(UserError, match="only one class present; no Tuberculosis/"):
-        data.find_root(tmp_path / "one")
+        dataset.find_root(tmp_path / "one")
     (tmp_path / "other" / "photos").mkdir(parents=True)
     with pytest.raises(UserError, match="not a TB chest X-ray data set"):
-        data.find_root(tmp_path / "other")
+        dataset.find_root(tmp_path / "other")
 
 
 # ---------------------------------------------------------------- image modes
@@ -131,7 +131,7 @@ def test_load_gray_reads_every_mode_as_uint8_gray(tmp_path):
             assert im.mode == {"rgb_equal_channels": "RGB", "l": "L", "la_transparent": "LA",
                                "rgba_transparent": "RGBA", "p": "P", "i16": "I;16", "cmyk_white": "CMYK",
                                "cmyk_black": "CMYK", "one_bit": "1", "l_jpeg": "L"}[name], name
-        gray = data.load_gray(path)
+        gray = dataset.load_gray(path)
         assert gray.dtype == np.uint8 and gray.shape == (64, 64), name
         tolerance = 1 if suffix.lower() in (".jpg", ".jpeg") else 0
         diff = np.abs(gray.astype(int) - expected.astype(int)).max()
@@ -140,7 +140,7 @@ def test_load_gray_reads_every_mode_as_uint8_gray(tmp_path):
 
 def test_sixteen_bit_scaling_endpoints():
     wide = Image.fromarray(np.array([[0, 257, 32896, 65535]], np.uint16))
-    assert data.to_gray8(wide).tolist() == [[0, 1, 128, 255]]
+    assert dataset.to_gray8(wide).tolist() == [[0, 1, 128, 255]]
 
 
 def write_png(path: Path, pixels: np.ndarray, sbit: int | None = None) -> Path:
@@ -169,30 +169,30 @@ def gradient(top: int, dtype) -> np.ndarray:
     ("16-bit holding 8-bit values", gradient(200, np.uint16), None, 255),
 ])
 def test_load_gray_scales_by_the_bit_depth_used(tmp_path, name, pixels, sbit, full_scale):
-    gray = data.load_gray(write_png(tmp_path / "x.png", pixels, sbit))
+    gray = dataset.load_gray(write_png(tmp_path / "x.png", pixels, sbit))
     expected = np.floor(pixels.astype(np.float64) * 255 / full_scale + 0.5).astype(np.uint8)
     assert gray.dtype == np.uint8 and gray.min() == 0
     assert np.array_equal(gray, expected), name
 
 
 def test_twelve_bit_gradient_spans_black_to_white(tmp_path):
-    gray = data.load_gray(write_png(tmp_path / "x.png", gradient(4095, np.uint16)))
+    gray = dataset.load_gray(write_png(tmp_path / "x.png", gradient(4095, np.uint16)))
     assert gray.min() == 0 and gray.max() == 255
     assert abs(int(np.median(gray)) - 128) <= 1  # mid-grey stays mid-grey, not 8 of 255
 
 
 def test_png_significant_bits_reads_the_stated_depth_only(tmp_path):
-    assert data.png_significant_bits(write_png(tmp_path / "s.png", gradient(4095, np.uint16), 12)) == 12
-    assert data.png_significant_bits(write_png(tmp_path / "n.png", gradient(4095, np.uint16))) is None
+    assert dataset.png_significant_bits(write_png(tmp_path / "s.png", gradient(4095, np.uint16), 12)) == 12
+    assert dataset.png_significant_bits(write_png(tmp_path / "n.png", gradient(4095, np.uint16))) is None
     (tmp_path / "x.jpg").write_bytes(png_bytes(Image.new("L", (8, 8)), "JPEG"))
-    assert data.png_significant_bits(tmp_path / "x.jpg") is None
+    assert dataset.png_significant_bits(tmp_path / "x.jpg") is None
 
 
 def test_discover_keeps_every_mode(tmp_path, demo72):
     root = copy_of(demo72, tmp_path / "db")
     for name, (blob, suffix, _) in mode_images().items():
         (root / "Tuberculosis" / f"mode-{name}{suffix}").write_bytes(blob)
-    found = data.discover(root, min_side=32)
+    found = dataset.discover(root, min_side=32)
     assert found.skipped.empty, found.skipped.to_dict("records")
     names = set(found.files["path"])
     assert {f"Tuberculosis/mode-{n}{s}" for n, (_, s, _) in mode_images().items()} <= names
@@ -219,7 +219,7 @@ def test_discover_names_every_unusable_file_and_why(tmp_path, demo72):
     (root / "masks").mkdir()
     (root / "metadata.xlsx").write_bytes(b"x")
 
-    found = data.discover(root, min_side=32)
+    found = dataset.discover(root, min_side=32)
     reasons = skipped_reasons(found)
     assert reasons == {
         "Normal/empty.png": "empty file (0 bytes)",
@@ -254,7 +254,7 @@ def test_file_names_that_are_not_utf8_are_skipped_and_shown_readably(tmp_path, d
     write_bytes_named(root / "Tuberculosis" / os.fsdecode(b"folder\xff"), b"TB-x.png", good)
     write_bytes_named(root, b"beside\xff", b"x")
 
-    found = data.discover(root, min_side=32)
+    found = dataset.discover(root, min_side=32)
     assert skipped_reasons(found) == {
         "Normal/bad\ufffdname.png": "file name is not valid UTF-8",
         "Tuberculosis/notes\ufffd.txt": "file name is not valid UTF-8",
@@ -266,8 +266,8 @@ def test_file_names_that_are_not_utf8_are_skipped_and_shown_readably(tmp_path, d
     assert (tmp_path / "skipped.csv").read_text(encoding="utf-8").count("\ufffd") == 3
 
 
-def test_a_search_goes_on_past_a_file_name_that_is_not_utf8(ray_address, tmp_path, demo72):
-    from conftest import TINY, run_cli
+def test_a_search_goes_on_past_a_file_name_that_is_not_utf8(run_cli, ray_address, tmp_path, demo72):
+    from conftest import TINY
 
     root = copy_of(demo72, tmp_path / "db")
     write_bytes_named(root / "Tuberculosis", b"TB-\xff.png", (root / "Normal" / "Normal-1.png").read_bytes())
@@ -291,7 +291,7 @@ def test_image_over_the_decompression_bomb_limit_is_skipped(tmp_path, demo72):
     assert (root / "Tuberculosis" / "huge.png").stat().st_size < 100_000
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        found = data.discover(root, min_side=32)
+        found = dataset.discover(root, min_side=32)
     assert skipped_reasons(found) == {
         "Tuberculosis/huge.png": f"larger than Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels"}
 
@@ -307,7 +307,7 @@ def test_bomb_check_holds_in_every_thread_and_leaves_warning_filters_alone(tmp_p
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             before = list(warnings.filters)
-            found = data.discover(root, min_side=32, threads=8)
+            found = dataset.discover(root, min_side=32, threads=8)
             assert list(warnings.filters) == before
         assert sorted(found.files["path"]) == ["Normal/small-enough.png", "Tuberculosis/small-enough.png"]
         assert len(found.skipped) == 72
@@ -318,14 +318,14 @@ def test_bomb_check_holds_in_every_thread_and_leaves_warning_filters_alone(tmp_p
 # interpreter's standard library lives under /root, which user nobody can't read.
 UNREADABLE_PROBE = """
 import json, os, sys
-from tbray import data
-assert len(data.discover(sys.argv[1], min_side=32).skipped) == 0
+from tbray.data import dataset
+assert len(dataset.discover(sys.argv[1], min_side=32).skipped) == 0
 try:
     os.setgroups([]); os.setgid(65534); os.setuid(65534)
 except PermissionError:
     sys.exit(3)
 assert os.geteuid() == 65534
-found = data.discover(sys.argv[1], min_side=32)
+found = dataset.discover(sys.argv[1], min_side=32)
 print(json.dumps(dict(zip(found.skipped["path"], found.skipped["reason"]))))
 """
 
@@ -348,7 +348,7 @@ def test_unreadable_file_is_skipped_with_the_os_reason(demo72):
             assert done.returncode == 0, done.stderr[-2000:]
             reasons = json.loads(done.stdout.strip().splitlines()[-1])
         else:
-            reasons = skipped_reasons(data.discover(root, min_side=32))
+            reasons = skipped_reasons(dataset.discover(root, min_side=32))
         assert reasons == {"Normal/Normal-3.png": "unreadable: Permission denied"}
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -359,11 +359,11 @@ def test_class_with_no_usable_image_stops_discovery(tmp_path, demo72):
     for p in (root / "Tuberculosis").iterdir():
         p.write_bytes(b"")
     with pytest.raises(UserError, match=r"Tuberculosis: class folder has no usable image"):
-        data.discover(root, min_side=32)
+        dataset.discover(root, min_side=32)
     shutil.rmtree(root / "Tuberculosis")
     (root / "Tuberculosis").mkdir()
     with pytest.raises(UserError, match=r"Tuberculosis: class folder is empty"):
-        data.discover(root, min_side=32)
+        dataset.discover(root, min_side=32)
 
 
 # ---------------------------------------------------------------- the split
@@ -381,17 +381,17 @@ def test_split_is_stratified_70_20_10_per_class():
     })
     assert len(set(duplicates.duplicate_groups(files["sha256"], files["phash"]))) == 300  # no chance duplicates
     for seed in (0, 1, 2):
-        split = data.make_split(files, seed)
+        split = dataset.make_split(files, seed)
         for label, total in n.items():
             counts = split.loc[split["label"] == label, "split"].value_counts()
-            for part, share in data.FRACTIONS.items():
+            for part, share in dataset.FRACTIONS.items():
                 assert abs(counts.get(part, 0) - share * total) <= 1, (seed, label, part, counts.to_dict())
 
 
 def test_split_of_demo_images_is_stratified_by_duplicate_group(demo300):
     """On real files the unit is the duplicate group: 70/20/10 of each class's groups, to within one."""
-    files = data.discover(demo300, min_side=32).files
-    split = data.make_split(files, 0)
+    files = dataset.discover(demo300, min_side=32).files
+    split = dataset.make_split(files, 0)
     groups = duplicates.duplicate_groups(files["sha256"].tolist(), files["phash"].tolist())
     per_group = pd.DataFrame({"group": groups, "label": split["label"], "split": split["split"]}).groupby("group")
     assert (per_group["split"].nunique() == 1).all()
@@ -399,23 +399,23 @@ def test_split_of_demo_images_is_stratified_by_duplicate_group(demo300):
     for label in (0, 1):
         counts = reps.loc[reps["label"] == label, "split"].value_counts()
         total = counts.sum()
-        for part, share in data.FRACTIONS.items():
+        for part, share in dataset.FRACTIONS.items():
             assert abs(counts.get(part, 0) - share * total) <= 1, (label, part, counts.to_dict())
 
 
 def test_split_is_deterministic_and_disjoint(demo300, tmp_path):
-    files = data.discover(demo300, min_side=32).files
+    files = dataset.discover(demo300, min_side=32).files
     a, b, c = tmp_path / "a.csv", tmp_path / "b.csv", tmp_path / "c.csv"
-    data.write_split(data.make_split(files, 7), a)
-    data.write_split(data.make_split(data.discover(demo300, min_side=32, threads=1).files, 7), b)
-    data.write_split(data.make_split(files, 8), c)
+    dataset.write_split(dataset.make_split(files, 7), a)
+    dataset.write_split(dataset.make_split(dataset.discover(demo300, min_side=32, threads=1).files, 7), b)
+    dataset.write_split(dataset.make_split(files, 8), c)
     assert a.read_bytes() == b.read_bytes()
     assert a.read_bytes() != c.read_bytes()
     saved = pd.read_csv(a)
-    assert list(saved.columns) == data.SPLIT_COLUMNS + ["phash"]
+    assert list(saved.columns) == dataset.SPLIT_COLUMNS + ["phash"]
     assert saved["path"].is_unique and len(saved) == 300
     assert set(saved["split"]) == {"train", "val", "test"}
-    parts = {s: set(saved.loc[saved["split"] == s, "path"]) for s in data.FRACTIONS}
+    parts = {s: set(saved.loc[saved["split"] == s, "path"]) for s in dataset.FRACTIONS}
     assert not (parts["train"] & parts["val"] or parts["train"] & parts["test"] or parts["val"] & parts["test"])
 
 
@@ -431,7 +431,7 @@ def test_exact_and_near_duplicates_stay_in_one_split(tmp_path, demo72):
         with Image.open(src) as im:
             im.convert("L").save(near, format="JPEG", quality=85)
         copies[rel] = [exact.relative_to(root).as_posix(), near.relative_to(root).as_posix()]
-    files = data.discover(root, min_side=32).files
+    files = dataset.discover(root, min_side=32).files
     h = dict(zip(files["path"], files["phash"]))
     for rel, (exact, near) in copies.items():  # the re-encode changed the bytes but not the picture
         assert files.set_index("path").loc[near, "sha256"] != files.set_index("path").loc[rel, "sha256"]
@@ -439,7 +439,7 @@ def test_exact_and_near_duplicates_stay_in_one_split(tmp_path, demo72):
         assert distance <= duplicates.NEAR_DUPLICATE_MAX_DISTANCE, (rel, distance)
     seen = set()
     for seed in range(6):
-        where = dict(zip(*data.make_split(files, seed)[["path", "split"]].T.values))
+        where = dict(zip(*dataset.make_split(files, seed)[["path", "split"]].T.values))
         for rel, group in copies.items():
             assert {where[p] for p in group} == {where[rel]}, (seed, rel)
             seen.add(where[rel])
@@ -447,21 +447,21 @@ def test_exact_and_near_duplicates_stay_in_one_split(tmp_path, demo72):
 
 
 def test_read_split_reuses_a_saved_split_exactly(demo300, tmp_path):
-    files = data.discover(demo300, min_side=32).files
-    made = data.make_split(files, 3)
-    data.write_split(made, tmp_path / "split.csv")
-    again = data.read_split(tmp_path / "split.csv", files.sample(frac=1, random_state=0))
+    files = dataset.discover(demo300, min_side=32).files
+    made = dataset.make_split(files, 3)
+    dataset.write_split(made, tmp_path / "split.csv")
+    again = dataset.read_split(tmp_path / "split.csv", files.sample(frac=1, random_state=0))
     left = made.set_index("path")[["label", "split", "sha256"]].sort_index()
     right = again.set_index("path")[["label", "split", "sha256"]].sort_index()
     pd.testing.assert_frame_equal(left, right)
-    assert data.split_hash(again) == data.split_hash(made)
+    assert dataset.split_hash(again) == dataset.split_hash(made)
     assert set(again.columns) >= {"path", "label", "split", "sha256", "phash"}
 
 
 def test_read_split_refuses_a_changed_or_missing_file(tmp_path, demo72):
     root = copy_of(demo72, tmp_path / "db")
     csv = tmp_path / "split.csv"
-    data.write_split(data.make_split(data.discover(root, min_side=32).files, 0), csv)
+    dataset.write_split(dataset.make_split(dataset.discover(root, min_side=32).files, 0), csv)
 
     target = root / "Tuberculosis" / "Tuberculosis-4.png"
     with Image.open(target) as im:
@@ -470,16 +470,16 @@ def test_read_split_refuses_a_changed_or_missing_file(tmp_path, demo72):
     Image.fromarray(pixels).save(target)
     with pytest.raises(UserError, match=r"1 file\(s\) changed since the split was made, first "
                                         r"Tuberculosis/Tuberculosis-4.png") as err:
-        data.read_split(csv, data.discover(root, min_side=32).files)
+        dataset.read_split(csv, dataset.discover(root, min_side=32).files)
     assert str(csv) in str(err.value)
 
     target.unlink()
     with pytest.raises(UserError, match=r"missing or unusable now, first Tuberculosis/Tuberculosis-4.png"):
-        data.read_split(csv, data.discover(root, min_side=32).files)
+        dataset.read_split(csv, dataset.discover(root, min_side=32).files)
 
 
 def test_read_split_refuses_files_that_are_not_splits(tmp_path, demo72):
-    files = data.discover(demo72, min_side=32).files
+    files = dataset.discover(demo72, min_side=32).files
     cases = {
         "random.csv": "a,b,c\n1,2,3\n4,5,6\n",
         "empty.csv": "",
@@ -493,7 +493,7 @@ def test_read_split_refuses_files_that_are_not_splits(tmp_path, demo72):
         path = tmp_path / name
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
         with pytest.raises(UserError) as err:
-            data.read_split(path, files)
+            dataset.read_split(path, files)
         assert str(err.value).startswith(f"{path}: {expected[name]}"), str(err.value)
     with pytest.raises(UserError, match="unreadable split file"):
-        data.read_split(tmp_path / "does-not-exist.csv", files)
+        dataset.read_split(tmp_path / "does-not-exist.csv", files)

@@ -1,4 +1,4 @@
-"""Tests for the synthetic demo data generator (tbray.demo)."""
+"""Tests for the synthetic demo data generator (tbray.data.demo)."""
 
 import hashlib
 import json
@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from threadpoolctl import threadpool_limits
 
-from tbray.demo import make
+from tbray.data.demo import make
 from tbray.errors import UserError
 
 

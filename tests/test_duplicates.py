@@ -1,4 +1,4 @@
-"""Tests for tbray.duplicates on tiny synthetic X-ray-like images (no real data)."""
+"""Tests for tbray.data.duplicates on tiny synthetic X-ray-like images (no real data)."""
 
 import hashlib
 import io
@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFilter
 
-from tbray import data
-from tbray import duplicates as dup
-from tbray.duplicates import NEAR_DUPLICATE_MAX_DISTANCE
+from tbray.data import dataset
+from tbray.data import duplicates as dup
+from tbray.data.duplicates import NEAR_DUPLICATE_MAX_DISTANCE
 
 
 def xray(seed: int, size: int = 160) -> np.ndarray:
@@ -97,8 +97,8 @@ def tree(tmp_path):
     for i, seed in enumerate((3, 4, 5)):
         _write_png(tmp_path / f"test/other{i}.png", xray(seed))
     rows = []
-    for p in sorted(tmp_path.rglob("*.png")):  # hashed the way tbray.data hashes files
-        sha, ph = hashlib.sha256(p.read_bytes()).hexdigest(), dup.perceptual_hash(data.load_gray(p))
+    for p in sorted(tmp_path.rglob("*.png")):  # hashed the way tbray.data.dataset hashes files
+        sha, ph = hashlib.sha256(p.read_bytes()).hexdigest(), dup.perceptual_hash(dataset.load_gray(p))
         rows.append({"path": p.relative_to(tmp_path).as_posix(), "split": p.parent.name, "sha256": sha, "phash": ph})
     return pd.DataFrame(rows)
 

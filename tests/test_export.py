@@ -9,10 +9,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import REPO
 
 import tbray
-from conftest import REPO
-from tbray import demo, export, inference
+from tbray.data import demo
+from tbray.model import export, modelfile, scoring
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +28,9 @@ def exported(tiny_model_file, tmp_path_factory):
 
 
 def test_onnx_runtime_gives_pytorchs_scores_within_1e_4_at_any_batch_size(tiny_model_file, exported):
-    saved = inference.load_model_file(tiny_model_file)
+    saved = modelfile.load_model_file(tiny_model_file)
     images = np.stack([demo.render(i % 2, i, size=32, seed=11) for i in range(37)])
-    expected = inference.score_images(saved, images, batch_size=16)  # the path training and evaluation use
+    expected = scoring.score_images(saved, images, batch_size=16)  # the path training and evaluation use
     assert expected.std() > 0.05  # scores that differ, so agreement means something
     session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
@@ -51,7 +52,7 @@ def test_metadata_round_trip(tiny_model_file, exported):
 
 
 def test_a_graph_that_disagrees_with_pytorch_is_refused(tiny_model_file, exported):
-    saved = inference.load_model_file(tiny_model_file)
+    saved = modelfile.load_model_file(tiny_model_file)
     other = export.graph({**saved, "model": {k: v * 1.5 if v.is_floating_point() else v
                                              for k, v in saved["model"].items()}})
     with pytest.raises(export.ParityError, match="differ by up to"):

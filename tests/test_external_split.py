@@ -1,9 +1,9 @@
-"""Tests for tbray.external_split with TB-Net-format split files written in tmp_path."""
+"""Tests for tbray.data.external_split with TB-Net-format split files written in tmp_path."""
 
 import pandas as pd
 import pytest
 
-from tbray import external_split as ext
+from tbray.data import external_split as ext
 
 # Headerless filename,label lines, as in darwinai/TuberculosisNet's *_split.csv.
 TRAIN = "Normal-1.png,0\nTB-1.png,1\nNormal-2.png,0\nTB-2.png,1\n"

@@ -16,9 +16,8 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from conftest import TINY, wait_for
 from ray.util.state import list_actors, list_jobs
-
-from conftest import TINY, run_cli, start_cli, wait_for
 
 
 def finished_trials(run: Path) -> dict[str, dict]:
@@ -35,7 +34,7 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_killed_driver_resumes_without_losing_finished_trials(ray_address, tiny_data, tmp_path):
+def test_killed_driver_resumes_without_losing_finished_trials(run_cli, start_cli, ray_address, tiny_data, tmp_path):
     args = ["--data", tiny_data, "--results", tmp_path, "--name", "killed", "--address", ray_address, *TINY]
     proc = start_cli(*args, "--num-samples", "3", "--max-concurrent", "1")
     done = wait_for(lambda: finished_trials(tmp_path / "killed"), 300, "a finished trial", proc)
@@ -71,7 +70,7 @@ def test_killed_driver_resumes_without_losing_finished_trials(ray_address, tiny_
     assert again.returncode == 0 and "already finished" in again.stdout
 
 
-def test_killed_worker_restarts_from_checkpoint(ray_address, tiny_data, tmp_path):
+def test_killed_worker_restarts_from_checkpoint(start_cli, ray_address, tiny_data, tmp_path):
     args = ["--data", tiny_data, "--results", tmp_path, "--name", "worker", "--address", ray_address, *TINY]
     # 10 epochs: a 4-epoch trial of the tiny data once ended before a poll found its worker after a checkpoint.
     proc = start_cli(*args, "--epochs", "10", "--num-samples", "1", "--max-failures", "2")
@@ -98,7 +97,7 @@ def test_killed_worker_restarts_from_checkpoint(ray_address, tiny_data, tmp_path
     assert pd.read_csv(tmp_path / "worker" / "trials.csv")["status"].tolist() == ["completed"]
 
 
-def test_failing_trial_is_recorded_and_search_goes_on(ray_address, tiny_data, tmp_path):
+def test_failing_trial_is_recorded_and_search_goes_on(run_cli, ray_address, tiny_data, tmp_path):
     done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "fail", "--address", ray_address,
                    *TINY, "--batch-sizes", "8,16", "--num-samples", "4", "--max-failures", "0",
                    env={"TBRAY_FAIL_AT": "1:8"})
@@ -112,7 +111,7 @@ def test_failing_trial_is_recorded_and_search_goes_on(ray_address, tiny_data, tm
     assert "errored" in done.stdout.lower() or "error" in (tmp_path / "fail" / "report.md").read_text().lower()
 
 
-def test_every_trial_failing_exits_nonzero_with_first_error(ray_address, tiny_data, tmp_path):
+def test_every_trial_failing_exits_nonzero_with_first_error(run_cli, ray_address, tiny_data, tmp_path):
     done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "allfail", "--address", ray_address,
                    *TINY, "--batch-sizes", "8", "--num-samples", "1", "--max-failures", "0",
                    env={"TBRAY_FAIL_AT": "1:8"})
@@ -124,7 +123,7 @@ def test_every_trial_failing_exits_nonzero_with_first_error(ray_address, tiny_da
 # Before the second trial exists, and while every trial runs (Tune then ends them as if they had finished).
 @pytest.mark.parametrize("samples", [["--num-samples", "2", "--max-concurrent", "1"], ["--num-samples", "1"]],
                          ids=["one_trial_left_to_start", "every_trial_running"])
-def test_ctrl_c_stops_cleanly_and_resume_finishes(ray_address, tiny_data, tmp_path, samples):
+def test_ctrl_c_stops_cleanly_and_resume_finishes(run_cli, start_cli, ray_address, tiny_data, tmp_path, samples):
     args = ["--data", tiny_data, "--results", tmp_path, "--name", "ctrlc", "--address", ray_address, *TINY]
     proc = start_cli(*args, "--epochs", "20", *samples)
     wait_for(lambda: list((tmp_path / "ctrlc" / "train").glob("*/checkpoint_*")), 300, "a first epoch", proc)
@@ -140,7 +139,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(ray_address, tiny_data, tmp_pa
     assert (tmp_path / "renamed" / "report.json").is_file() and not (tmp_path / "ctrlc").exists()
 
 
-def test_sigterm_stops_cleanly_and_the_printed_resume_works_from_another_folder(ray_address, tiny_data, tmp_path):
+def test_sigterm_stops_cleanly_and_the_printed_resume_works_from_another_folder(start_cli, ray_address, tiny_data, tmp_path):
     start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
     start.mkdir()
     elsewhere.mkdir()
@@ -167,7 +166,7 @@ def test_sigterm_stops_cleanly_and_the_printed_resume_works_from_another_folder(
     assert not list(elsewhere.iterdir())  # nothing written relative to the folder the resume ran in
 
 
-def test_resume_with_changed_data_is_refused(ray_address, tiny_data, tmp_path):
+def test_resume_with_changed_data_is_refused(run_cli, ray_address, tiny_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     # A search whose folder was written but which stopped before any trial (no GPU for it).

@@ -14,9 +14,9 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+from conftest import TINY, wait_for
 
-from conftest import TINY, start_cli, wait_for
-from tbray import reaper
+from tbray.rayops import reaper
 
 
 def listening(pids) -> list[tuple[str, int, str]]:
@@ -54,7 +54,7 @@ def status(url: str, token: str | None = None) -> int:
         return exc.code
 
 
-def test_no_socket_of_a_local_search_listens_beyond_loopback(tiny_data, tmp_path, monkeypatch):
+def test_no_socket_of_a_local_search_listens_beyond_loopback(start_cli, tiny_data, tmp_path, monkeypatch):
     # As in a fresh shell: token authentication must be on because tbray asks for it, not by Ray's
     # default (which prints a warning); a Ray started earlier in this test session sets the variable.
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)

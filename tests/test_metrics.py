@@ -1,4 +1,4 @@
-"""Known-answer tests for tbray.metrics."""
+"""Known-answer tests for tbray.stats.metrics."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from tbray import assess, metrics, threshold
+from tbray.stats import assess, metrics, threshold
 
 # Five Normal then five TB images, perfectly separated.
 SEPARATED_LABELS = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]

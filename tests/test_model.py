@@ -1,4 +1,4 @@
-"""tbray.model: the bundled Lite0 weights against the reference implementation, the factory, weight files."""
+"""tbray.model.factory: the bundled Lite0 weights against the reference implementation, the factory, weight files."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import timm
 import torch
 
-from tbray import model as tbmodel
 from tbray.errors import UserError
+from tbray.model import factory as tbmodel
 
 
 @pytest.fixture(autouse=True)

@@ -9,9 +9,8 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import TINY
 from ray.cluster_utils import Cluster
-
-from conftest import TINY, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,7 @@ def spans(run) -> list[tuple[float, float]]:
     return out
 
 
-def test_half_gpu_trials_share_one_gpu(one_stand_in_gpu, tiny_data, tmp_path):
+def test_half_gpu_trials_share_one_gpu(run_cli, one_stand_in_gpu, tiny_data, tmp_path):
     done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "packed", "--address",
                    one_stand_in_gpu.address, *TINY, "--epochs", "12", "--grace-period", "12", "--worker-resource", "fake_gpu=0.5",
                    "--num-samples", "2")

@@ -19,7 +19,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from ray.util.state import list_placement_groups
 
-from tbray import placement
+from tbray.rayops import placement
 
 LEAVER = """
 import json, ray, sys

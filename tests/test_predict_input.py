@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
-from tbray import model as tbmodel
+from tbray.model import factory as tbmodel
 
 
 @pytest.fixture(scope="module")

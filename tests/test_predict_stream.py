@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO
-from tbray import data, demo, inference
+
+from tbray.data import dataset, demo
+from tbray.model import modelfile, scoring
 
 N_IMAGES = 30  # PNGs, plus 2 unreadable files; batches of 8, so 4 full batches and a short one
 
@@ -31,8 +32,8 @@ def _predict(*args) -> subprocess.CompletedProcess:
 
 def _expected(model_file, files) -> np.ndarray:
     """The scores of the in-memory path (all images decoded into one array), per file."""
-    saved = inference.load_model_file(model_file)
-    return inference.score_images(saved, np.stack([data.resize(data.load_gray(f), 32) for f in files]))
+    saved = modelfile.load_model_file(model_file)
+    return scoring.score_images(saved, np.stack([dataset.resize(dataset.load_gray(f), 32) for f in files]))
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from conftest import REPO
 SCRIPT = """
 import sys
 from pathlib import Path
-from tbray import cache, data
-found = data.discover(Path(sys.argv[1]), min_side=32)
+from tbray.data import cache, dataset
+found = dataset.discover(Path(sys.argv[1]), min_side=32)
 split = found.files.assign(split="train")
 cache.build(found.root, split, [32], Path(sys.argv[2]))
 """

@@ -17,8 +17,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-
-from conftest import REPO, run_cli
+from conftest import REPO
 
 REAL = REPO.parent / "shared" / "realcxr"
 pytestmark = pytest.mark.skipif(not (REAL / "tbdb-dev").is_dir() or not (REAL / "second-source-dev").is_dir(),
@@ -28,9 +27,9 @@ SEARCH = ["--model", "tf_efficientnet_lite0", "--image-sizes", "96", "--epochs",
 
 
 @pytest.fixture(scope="session")
-def real_run(ray_address, tmp_path_factory) -> Path:
+def real_run(run_cli, ray_address, tmp_path_factory) -> Path:
     """The default rule and metric, on real X-rays, with an external set and the shortcut audit: about 3 minutes
-    on 2 cores, the audit's round of two trials included (README: "The shortcut audit")."""
+    on 2 cores, the audit's round of two trials included (docs/method.md: "The shortcut audit")."""
     results = tmp_path_factory.mktemp("real")
     done = run_cli("--data", REAL / "tbdb-dev", "--external", f"second={REAL / 'second-source-dev'}",
                    "--results", results, "--name", "real", "--address", ray_address, "--shortcut-audit", *SEARCH,

@@ -8,9 +8,9 @@ import sys
 import time
 
 import psutil
+from conftest import TINY, wait_for
 
-from conftest import TINY, start_cli, wait_for
-from tbray import reaper
+from tbray.rayops import reaper
 
 
 def alive(known: dict[int, float]) -> dict[int, str]:
@@ -26,7 +26,7 @@ def alive(known: dict[int, float]) -> dict[int, str]:
     return left
 
 
-def test_kill_9_of_a_search_takes_its_local_ray_along(tiny_data, tmp_path):
+def test_kill_9_of_a_search_takes_its_local_ray_along(start_cli, tiny_data, tmp_path):
     proc = start_cli("--data", tiny_data, "--results", tmp_path, "--name", "k9", *TINY, "--num-samples", "1",
                      "--num-cpus", "1")
     try:
@@ -50,12 +50,12 @@ def test_kill_9_of_a_search_takes_its_local_ray_along(tiny_data, tmp_path):
 def test_the_reaper_kills_what_a_dead_parent_left_and_spares_the_rest(tmp_path):
     # A parent with a grandchild; the parent is killed and the grandchild must follow. A bystander lives.
     script = "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(120)']); " \
-             "from tbray import reaper; w = reaper.watch(1); time.sleep(120)"
+             "from tbray.rayops import reaper; w = reaper.watch(1); time.sleep(120)"
     parent = subprocess.Popen([sys.executable, "-c", script])
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         family = wait_for(lambda: {p: t for p, t in reaper.descendants(parent.pid).items()
-                                   if "tbray.reaper" not in " ".join(psutil.Process(p).cmdline())} or None,
+                                   if "tbray.rayops.reaper" not in " ".join(psutil.Process(p).cmdline())} or None,
                           30, "the parent's child")
         time.sleep(2 * reaper.REFRESH_S + 1)  # the watchdog has listed the child by now
         parent.kill()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tbray import regime
+from tbray.bench import regime
 
 KEYS = ["bare_s", "trial_s", "ratio", "startup_s", "entered_s", "to_first_epoch_s", "plain_s", "startup_ratio",
         "epoch_s", "bare_epoch_s", "report_s", "checkpoints", "tail_s"]

@@ -1,4 +1,4 @@
-"""tbray.report.write on synthetic inputs: every file, every section, the summary table."""
+"""tbray.report.run_report.write on synthetic inputs: every file, every section, the summary table."""
 
 import json
 
@@ -7,7 +7,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from tbray import assess, plots, report, report_page
+from tbray.report import page, plots, run_report
+from tbray.stats import assess
 
 PNGS = [
     "confusion_matrix.png", "confusion_matrix_0.5.png", "roc.png", "pr.png", "reliability.png",
@@ -64,7 +65,7 @@ def _write(run_dir, *, demo, duplicates):
     test_labels, test_scores = _scores(160, seed=2)
     trials, history = _trials_and_history()
     evaluation = assess.test(val_labels, val_scores, test_labels, test_scores, n_resamples=200)
-    return report.write(
+    return run_report.write(
         run_dir, evaluation=evaluation, val_labels=val_labels, val_scores=val_scores,
         test_labels=test_labels, test_scores=test_scores, trials=trials, history=history, study=_study(),
         best={"trial_id": "t2", "epoch": 2, "params": {"lr": np.float64(1e-3), "batch_size": np.int64(16)},
@@ -138,7 +139,7 @@ def test_classification_report_has_both_thresholds(demo_run):
 
 def test_summary_table_contains_the_numbers(demo_run):
     _, result = demo_run
-    table = report_page.summary_table(result)
+    table = page.summary_table(result)
     ev = result["evaluation"]
     chosen = ev["at_threshold"]
     assert table.splitlines()[0] == "SYNTHETIC DEMO DATA — NOT MEDICAL"
@@ -157,8 +158,8 @@ def test_summary_table_contains_the_numbers(demo_run):
 def test_clean_real_run_has_no_banner_and_says_none_found(demo_run):
     _, result = demo_run
     clean = {**result, "demo": False, "data_summary": {**result["data_summary"], "duplicates": []}}
-    text = report_page.markdown(clean)
-    assert "SYNTHETIC" not in text and "SYNTHETIC" not in report_page.summary_table(clean)
+    text = page.markdown(clean)
+    assert "SYNTHETIC" not in text and "SYNTHETIC" not in page.summary_table(clean)
     assert "None found. Method: exact duplicates share the sha256" in text
     assert "sit in different splits" not in text  # no leakage warning
 
@@ -168,8 +169,8 @@ def test_threshold_warning_reaches_the_page(demo_run):
     selection = result["evaluation"]["threshold_selection"]
     assert (selection["warning"] is None) == (selection["sensitivity_ci"][0] >= selection["target_sensitivity"])
     warned = {**selection, "warning": "the validation split has 5 TB images: ..."}
-    page = report_page.markdown({**result, "evaluation": {**result["evaluation"], "threshold_selection": warned}})
-    assert "> **WARNING:** the validation split has 5 TB images" in page
+    text = page.markdown({**result, "evaluation": {**result["evaluation"], "threshold_selection": warned}})
+    assert "> **WARNING:** the validation split has 5 TB images" in text
 
 
 @pytest.mark.parametrize("study", [None, "one trial", "constant params"])

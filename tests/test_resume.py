@@ -7,8 +7,7 @@ import shutil
 import signal
 
 import pandas as pd
-
-from conftest import TINY, run_cli, start_cli, wait_for
+from conftest import TINY, wait_for
 
 
 def error_line(done, before_ray: bool = True) -> str:
@@ -19,7 +18,7 @@ def error_line(done, before_ray: bool = True) -> str:
     return lines[-1]
 
 
-def test_resume_refuses_options_that_change_the_search(ray_address, tiny_data, tmp_path):
+def test_resume_refuses_options_that_change_the_search(run_cli, ray_address, tiny_data, tmp_path):
     # A run folder with its options written, stopped before its first trial (no GPU for it).
     first = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "opts", "--address", ray_address,
                     *TINY, "--gpus-per-trial", "1")
@@ -39,7 +38,7 @@ def test_resume_refuses_options_that_change_the_search(ray_address, tiny_data, t
     assert "optuna.db can't be read" in corrupt and "no trial has run yet" in corrupt, corrupt
 
 
-def test_resume_without_its_optuna_study_is_refused_and_leaves_the_folder_as_it_was(ray_address, tiny_data,
+def test_resume_without_its_optuna_study_is_refused_and_leaves_the_folder_as_it_was(run_cli, start_cli, ray_address, tiny_data,
                                                                                       tmp_path):
     args = ["--data", tiny_data, "--results", tmp_path, "--name", "study", "--address", ray_address, *TINY]
     proc = start_cli(*args, "--num-samples", "2", "--max-concurrent", "1")

@@ -8,9 +8,10 @@ import shutil
 import pandas as pd
 import pytest
 
-from tbray import demo, runfolder
 from tbray.config import SearchConfig
+from tbray.data import demo
 from tbray.errors import UserError
+from tbray.runs import runfolder
 
 
 @pytest.fixture

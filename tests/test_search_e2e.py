@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
 import sys
 
-import hashlib
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO, TINY
 from sklearn.metrics import roc_auc_score
 
-from conftest import REPO, TINY, run_cli
-from tbray import demo, threshold
+from tbray.data import demo
+from tbray.stats import threshold
 
 OUTPUTS = ["split.csv", "trials.csv", "report.json", "classification_report.txt", "confusion_matrix.png",
            "best_model.pt", "optuna.db", "skipped.csv", "report.md", "roc.png", "pr.png", "reliability.png",
@@ -24,7 +24,7 @@ OUTPUTS = ["split.csv", "trials.csv", "report.json", "classification_report.txt"
 
 
 @pytest.fixture(scope="module")
-def e2e(ray_address, tiny_data, tmp_path_factory):
+def e2e(run_cli, ray_address, tiny_data, tmp_path_factory):
     """One tiny search with an external set (another synthetic site), shared by the tests below."""
     tmp_path = tmp_path_factory.mktemp("e2e")
     other = demo.make(tmp_path / "other" / "TB_Chest_Radiography_Database", n_images=48, size=64, seed=3)
@@ -94,14 +94,15 @@ def test_search_end_to_end(e2e, tiny_data):
 def test_model_onnx_beside_the_best_model_reproduces_the_test_scores(e2e, tiny_data):
     import onnxruntime as ort
 
-    from tbray import data, export
+    from tbray.data import dataset
+    from tbray.model import export
 
     run = e2e[0] / "e2e"
     best = torch.load(run / "best_model.pt", weights_only=True)
     facts = export.facts(export.read_metadata(run / "model.onnx"))
     assert facts["threshold"] == best["threshold"] and facts["threshold_source"] == best["threshold_source"]
     scores = pd.read_csv(run / "test_scores.csv")
-    images = np.stack([data.resize(data.load_gray(tiny_data / p), best["image_size"]) for p in scores["path"]])
+    images = np.stack([dataset.resize(dataset.load_gray(tiny_data / p), best["image_size"]) for p in scores["path"]])
     session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
     assert np.abs(session.run(None, {"image": images})[0] - scores["score"].to_numpy()).max() < 1e-4
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.special import expit, logit
 
-from tbray import metrics, threshold
+from tbray.stats import metrics, threshold
 
 
 def _rates(labels, scores, t):
@@ -103,12 +103,12 @@ def test_bad_target_is_refused():
 
 
 def test_predict_names_the_origin_of_every_kind_of_threshold():
-    from tbray import predict
+    from tbray.predict import local
 
-    assert "no record of how the threshold was chosen" in predict.threshold_origin({"threshold": 0.5})
+    assert "no record of how the threshold was chosen" in local.threshold_origin({"threshold": 0.5})
     source = {"kind": "validation split", "n": 80, "n_tb": 40, "target_sensitivity": 0.9}
-    assert predict.threshold_origin({"threshold_source": source}).startswith("the search's validation split (80 images")
+    assert local.threshold_origin({"threshold_source": source}).startswith("the search's validation split (80 images")
     calibration = {"site_data": "/site", "n": 10, "n_tb": 5, "date": "2026-11-25", "sensitivity": 1.0,
                    "specificity": 0.5}
     both = {"threshold_source": source, "calibration": calibration}
-    assert predict.threshold_origin(both).startswith("site calibration on /site (10 images, 5 TB, 2026-11-25")
+    assert local.threshold_origin(both).startswith("site calibration on /site (10 images, 5 TB, 2026-11-25")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tbray import augment
-from tbray.inference import ArrayDataset
-from tbray.train import lr_at
+from tbray.data.arrays import ArrayDataset
+from tbray.model import augment
+from tbray.train.worker import lr_at
 
 
 def test_lr_warms_up_then_decays_to_zero_over_the_trials_own_length():
@@ -25,7 +25,7 @@ def test_lr_warms_up_then_decays_to_zero_over_the_trials_own_length():
 def test_prepare_without_augmentation_is_just_normalisation():
     x = torch.tensor([[[0, 255], [128, 64]]], dtype=torch.uint8)
     out = augment.prepare(x, mean=0.5, std=0.5, train=False)
-    assert out.shape == (1, 1, 2, 2)  # one gray channel: the model's stem takes one (tbray.model.create)
+    assert out.shape == (1, 1, 2, 2)  # one gray channel: the model's stem takes one (tbray.model.factory.create)
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert out[0, 0, 0, 0].item() == pytest.approx(-1.0) and out[0, 0, 0, 1].item() == pytest.approx(1.0)
 
@@ -47,7 +47,7 @@ def test_array_dataset_returns_whole_batches_in_order():
 
 
 def test_checkpoints_on_improvement_every_k_and_at_the_last_epoch():
-    from tbray.train import checkpoint_due
+    from tbray.train.worker import checkpoint_due
 
     improved = {1, 2, 3, 8}  # epochs whose metric beat the best so far
     due = [e for e in range(1, 13) if checkpoint_due(e, 12, 5, improved=e in improved)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tbray import trials
 from tbray.config import SearchConfig
+from tbray.runs import trials
 
 # history rows: (trial_id, epoch, val_auroc, val_loss, checkpoint still on disk)
 BEST = [

@@ -1,46 +1,8 @@
-"""Audit a finished search for shortcuts: retrain its best configuration without the lungs and on the lungs
-only, score both on the masked test split, and map with Grad-CAM where the best model looks.
+"""Audit a finished search for shortcuts: `python tune/audit.py --help`."""
 
-    python tune/audit.py results/<name> [--address ADDR]
-
-Adds "shortcut_audit" and "saliency" to the run's report.json (atomically), the section "What the model
-looks at" to report.md, lung_mask_examples.png, the Grad-CAM grids and cam_lung_share.csv.
-"""
-
-import argparse
 import sys
-from pathlib import Path
 
-from tbray.errors import UserError
-
-
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, help="a finished run folder, results/<name>")
-    p.add_argument("--address", help="Ray cluster address (default: the search's, else start a local Ray)")
-    args = p.parse_args()
-    try:
-        from tbray import loopback, runfolder
-
-        # The Ray the audit runs on: --address, else the search's own; a Ray it starts here stays on
-        # loopback and on a token, as the search's did (set before Ray is imported).
-        saved = runfolder.load_config(args.run).address if (args.run / "search.json").is_file() else None
-        loopback.unless_joining(args.address or saved)
-        from tbray import audit_run
-
-        result = audit_run.for_folder(args.run, args.address)
-    except UserError as exc:
-        print(f"tbray: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if "ray" in sys.modules:
-            import ray
-
-            ray.shutdown()
-    print(f"tbray: wrote the audit into {args.run / 'report.json'} and {args.run / 'report.md'}")
-    print(result["shortcut_audit"]["verdict"])
-    return 0
-
+from tbray.commands import audit
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(audit.main())

@@ -1,49 +1,8 @@
-"""Export a tbray model file to ONNX: uint8 grayscale images [N, S, S] in, P(TB) [N] out.
+"""Export a tbray model file to ONNX: `python tune/export.py --help`."""
 
-    python tune/export.py results/<name>/best_model.pt --out model.onnx [--check-images FOLDER]
-
-The graph normalises inside, so a user only resizes each film to S x S (the image size in its metadata).
-Metadata: threshold and where it came from, model name, image size, mean/std, tbray version, and the
-calibration record of a site-calibrated model (tune/calibrate.py). Before writing, ONNX Runtime's
-P(TB) is checked against PyTorch's (CPU) on the check images (default: synthetic ones); a difference
-above 1e-4 writes nothing and exits 1.
-"""
-
-import argparse
 import sys
-from pathlib import Path
 
-from tbray.errors import UserError
-
-
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", type=Path, help="best_model.pt from a run folder, or a calibrated copy")
-    p.add_argument("--out", type=Path, required=True, help="the ONNX file to write")
-    p.add_argument("--check-images", type=Path, nargs="+", help="images or folders for the parity check (up to 64)")
-    args = p.parse_args()
-    from tbray import export
-
-    try:
-        from tbray import inference, outputs
-
-        outputs.output_file(args.out, "--out", [args.model])
-        saved = inference.load_model_file(args.model)
-        images = export.images_for_check(args.check_images, saved["image_size"]) if args.check_images else None
-        export.write(saved, args.out, images)
-    except UserError as exc:
-        print(f"tbray: error: {exc}", file=sys.stderr)
-        return 2
-    except ImportError as exc:
-        print(f"tbray: error: exporting needs {exc.name}: pip install onnx onnxruntime onnxscript", file=sys.stderr)
-        return 2
-    except export.ParityError as exc:
-        print(f"tbray: error: {exc}", file=sys.stderr)
-        return 1
-    print(f"tbray: wrote {args.out} (threshold {saved['threshold']:.4f}, image size {saved['image_size']}; "
-          f"checked against PyTorch within {export.PARITY_TOLERANCE:g})")
-    return 0
-
+from tbray.commands import export
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(export.main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from tbray.cli import main
+from tbray.commands import search
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(search.main())

@@ -1,0 +1,158 @@
+"""What the search did: one row per trial (trials.csv), one per reported epoch, and the best checkpoint."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.fs
+from ray.tune import ExperimentAnalysis, Result, ResultGrid
+
+from tbray.config import SearchConfig
+from tbray.model import modelfile
+from tbray.runs import runfolder
+
+PARAMS = ["epochs", "batch_size", "image_size", "lr", "weight_decay"]
+HISTORY = ["trial_id", "epoch", "train_loss", "val_loss", "val_accuracy", "val_auroc", "val_sensitivity",
+           "val_specificity", "val_f1", "startup_s", "epoch_s", "checkpoint_path", "time_total_s", "node_id",
+           "best_val_loss", "best_val_auroc", "best_val_f1", "best_val_accuracy", "best_val_sensitivity",
+           "best_val_specificity"]  # best_<metric>: the trial's best epoch so far, as Optuna saw it
+UNFINISHED = {"PENDING", "RUNNING", "PAUSED"}  # Tune's words for a trial a resume must continue
+
+
+def _trial_id(result: Result) -> str:
+    """Tune's id of the trial: Tune sets it in every trial's last result, even one that never reported."""
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name
+
+
+def _status(result: Result, history: pd.DataFrame) -> str:
+    """completed, stopped_early (ASHA), error, or unfinished (pending or running when the search stopped).
+
+    From the public Result only: an error, else Tune marks the last result of every trial it ended,
+    completed or stopped by the scheduler, `done`; a trial without it had not ended.
+    """
+    if result.error is not None:
+        return "error"
+    if not (result.metrics or {}).get("done"):
+        return "unfinished"
+    done = int(history["epoch"].max()) if len(history) else 0
+    return "completed" if done >= (result.config or {}).get("epochs", 0) else "stopped_early"
+
+
+def _error(result: Result) -> str | None:
+    """The last line of a trial's error: the exception's own message, not the traceback."""
+    if result.error is None:
+        return None
+    lines = [line.strip() for line in str(result.error).splitlines() if line.strip()]
+    return lines[-1][:500] if lines else type(result.error).__name__
+
+
+def _history(result: Result, trial_id: str) -> pd.DataFrame:
+    """The trial's reported epochs, one row each; empty (with an epoch column) before its first report."""
+    h = result.metrics_dataframe
+    if h is None or not len(h) or "epoch" not in h:
+        return pd.DataFrame(columns=["epoch"])
+    # A trial restarted by a resume reports from its checkpoint's epoch on; keep the last report of each.
+    return h.assign(trial_id=trial_id).drop_duplicates("epoch", keep="last").sort_values("epoch")
+
+
+def rebased(path, storage: str):
+    """A reported checkpoint path, moved under this session's storage root (the search's, or an audit's).
+
+    Ray records absolute paths (<root>/train/<run>/<checkpoint>); a run folder renamed or moved between
+    sessions still holds the checkpoint, at the same last three parts under its new root.
+    """
+    if not isinstance(path, str) or not path:
+        return path
+    return "/".join([storage, *path.rstrip("/").split("/")[-3:]])
+
+
+def collect(grid: ResultGrid, cfg: SearchConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """trials.csv rows and the per-epoch history, from the ResultGrid Tune returns (every trial, any state)."""
+    rows, frames = [], []
+    # <root>/tune holds the experiment and <root>/train its Train runs, wherever the folder is now; a
+    # remote root comes as the filesystem's path (bucket/key), the form Ray records checkpoints in.
+    root = grid.experiment_path.rstrip("/").rsplit("/", 1)[0]
+    for result in grid:
+        trial_id = _trial_id(result)
+        h = _history(result, trial_id)
+        if "checkpoint_path" in h:
+            h["checkpoint_path"] = h["checkpoint_path"].map(lambda p: rebased(p, root))
+        if len(h):
+            frames.append(h[[c for c in HISTORY if c in h]])
+        config = result.config or {}
+        row = {"trial_id": trial_id, "status": _status(result, h), **{p: config.get(p) for p in PARAMS},
+               "epochs_done": int(h["epoch"].max()) if len(h) else 0}
+        if len(h):
+            top = _ranked(h, cfg).iloc[0]
+            row |= {f"best_{cfg.metric}": top[cfg.metric], "best_epoch": int(top["epoch"])}
+            row |= {f"last_{k}": h.iloc[-1][k] for k in h if k.startswith("val_")}
+            row["checkpoint_path"] = top.get("checkpoint_path")
+        row["error"] = _error(result)
+        rows.append(row)
+    history = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=HISTORY)
+    return pd.DataFrame(rows), history
+
+
+def _ranked(history: pd.DataFrame, cfg: SearchConfig) -> pd.DataFrame:
+    """Best first: the metric, then lower validation loss, then the earlier epoch."""
+    return history.sort_values([cfg.metric, "val_loss", "epoch"], ascending=[cfg.mode == "min", True, True],
+                               kind="stable")
+
+
+def write(run_dir: Path, table: pd.DataFrame, history: pd.DataFrame) -> None:
+    """trials.csv and history.csv in the run folder."""
+    table.to_csv(run_dir / "trials.csv", index=False)
+    history.to_csv(run_dir / "history.csv", index=False)
+
+
+def interrupted(grid: ResultGrid, cfg: SearchConfig) -> bool:
+    """True when the search stopped before every trial ran (Ctrl-C, SIGTERM), so it can be resumed.
+
+    Either Optuna had not yet proposed every trial, or some trial Tune holds neither ended nor errored
+    (the grid's public counts). A stop also ends the running trials, so in memory they can look
+    finished; the experiment state Tune saved last keeps them unfinished, and a resume continues from it.
+    """
+    if len(grid) < cfg.num_samples or grid.num_terminated + grid.num_errors < len(grid):
+        return True
+    saved = ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials
+    return any(t.status in UNFINISHED for t in saved)
+
+
+def checkpoint_exists(path: str, cfg: SearchConfig) -> bool:
+    """Whether a reported checkpoint is still kept (Train deletes all but the best and the latest)."""
+    if not isinstance(path, str) or not path:
+        return False
+    if (fs := runfolder.remote_filesystem(cfg)) is not None:
+        return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+    return Path(path).exists()
+
+
+def best(table: pd.DataFrame, history: pd.DataFrame, cfg: SearchConfig) -> dict | None:
+    """The best kept checkpoint over every trial and epoch; ties as in `_ranked`, then trial order."""
+    if not len(history) or "checkpoint_path" not in history:
+        return None
+    kept = history[history["checkpoint_path"].map(lambda p: checkpoint_exists(p, cfg))]
+    if not len(kept):
+        return None
+    top = _ranked(kept, cfg).iloc[0]
+    row = table.set_index("trial_id").loc[top["trial_id"]]
+    params = {p: int(row[p]) if p in ("epochs", "batch_size", "image_size") else float(row[p]) for p in PARAMS}
+    return {"trial_id": top["trial_id"], "epoch": int(top["epoch"]), "params": params,
+            "checkpoint": top["checkpoint_path"], "metric": cfg.metric, "value": float(top[cfg.metric])}
+
+
+def load_best(checkpoint: str, cfg: SearchConfig) -> dict:
+    """The checkpoint's contents, from the run folder or from shared storage."""
+    filesystem = runfolder.remote_filesystem(cfg)
+    return modelfile.load_checkpoint(_local_copy(checkpoint, filesystem))
+
+
+def _local_copy(path: str, filesystem) -> Path:
+    """A local folder holding the checkpoint (downloaded once when it lives on S3/GCS)."""
+    if filesystem is None:
+        return Path(path)
+    target = Path(tempfile.mkdtemp(prefix="tbray-best-"))
+    pyarrow.fs.copy_files(path, str(target), source_filesystem=filesystem)
+    return target

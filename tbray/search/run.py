@@ -1,0 +1,164 @@
+"""The one wiring place: Ray Tune + Optuna + ASHA over trials that each run a Ray Train TorchTrainer.
+
+    run(config)
+      prepare the run folder: data found and checked, split.csv, skipped.csv
+      connect to Ray, check the cluster can hold a trial, decode the images once
+      Tuner(trial, OptunaSearch, ASHAScheduler).fit()      (or .restore() with --resume, if optuna.db reads)
+        trial (tbray.train.driver): one TorchTrainer per trial, named by the trial id
+          worker_loop (tbray.train.worker): on each Ray Train worker, DDP, reports every epoch, checkpoints when due
+      trials.csv, the best checkpoint evaluated once on the test split, the report
+"""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from tbray.config import SearchConfig
+from tbray.data import cache
+from tbray.errors import SearchFailed, UserError
+from tbray.external import sets
+from tbray.model import factory as tbmodel
+from tbray.rayops import cluster, interrupt, placement
+from tbray.report import page
+from tbray.runs import runfolder, trials
+from tbray.search import console, final, tracking
+from tbray.search.study import LabelledOptunaSearch, RunFolderStorage, check_resumable, check_startable
+from tbray.train import trainable as trainables
+
+
+def make_tuner(cfg: SearchConfig, trainable, storage: str, max_concurrent: int) -> tune.Tuner:
+    """Optuna's TPE proposes, ASHA stops weak trials at epoch rungs, the study lives in SQLite."""
+    study = RunFolderStorage(f"sqlite:///{runfolder.study_path(cfg)}")
+    # Optuna, ASHA and the best-trial choice all see the trial's best epoch so far (best_<metric>), so the
+    # value Optuna learns from is the value the final choice ranks by, not whatever the last epoch gave.
+    metric = f"best_{cfg.metric}"
+    searcher = LabelledOptunaSearch(metric=metric, mode=cfg.mode, storage=study, study_name="tbray", seed=cfg.seed)
+    max_t = max(cfg.space.epochs)
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(cfg.grace_period, max_t),
+                              reduction_factor=cfg.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        param_space=cfg.space.param_space(),
+        tune_config=tune.TuneConfig(metric=metric, mode=cfg.mode, search_alg=searcher, scheduler=scheduler,
+                                    num_samples=cfg.num_samples, max_concurrent_trials=max_concurrent),
+        run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=1, progress_reporter=console.reporter(cfg),
+                                  callbacks=[placement.ReleaseUnused()]),
+    )
+
+
+def close_orphaned_trials(cfg: SearchConfig) -> int:
+    """Mark FAIL the Optuna trials still RUNNING once every Tune trial has ended; returns how many.
+
+    A driver killed mid-trial leaves that trial RUNNING in optuna.db; on resume Tune restarts the trial
+    and its searcher asks Optuna for a new one, so the old one would show as running forever (in
+    optuna-dashboard too). Called only when the search has finished, so no live trial is touched.
+    """
+    study = optuna.load_study(study_name="tbray", storage=f"sqlite:///{runfolder.study_path(cfg)}")
+    orphans = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+    for number in orphans:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    if orphans:
+        study.set_user_attr("tbray_orphaned_trials", {"numbers": orphans, "note": "RUNNING when a session was "
+                            "interrupted; its Tune trial was restarted under a new Optuna trial"})
+    return len(orphans)
+
+
+def search(cfg: SearchConfig) -> int:
+    """The whole search; returns the process exit code."""
+    console.quiet_libraries()
+    run_dir = runfolder.path(cfg)
+    if cfg.resume and (run_dir / "report.json").exists():
+        print(page.summary_table(json.loads((run_dir / "report.json").read_text())))
+        print(f"(search {cfg.name!r} had already finished; nothing to resume)")
+        return 0
+    tune_path = f"{runfolder.storage_root(cfg)}/tune"
+    if cfg.resume and tune.Tuner.can_restore(tune_path):  # read-only; before anything is written or started
+        check_resumable(runfolder.study_path(cfg), run_dir)
+    elif cfg.resume:
+        check_startable(runfolder.study_path(cfg))
+    tbmodel.check_name(cfg.model)
+    state, source = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)  # before Ray: fail fast
+    # External sets are checked before anything is written, so a wrong folder leaves no run folder behind.
+    found_external = {name: sets.discover(f"--external {name}", folder, cfg.min_image_size)
+                      for name, folder in cfg.external.items()}
+    prepared = runfolder.prepare(cfg)  # data checked, split fixed, run folder written
+    tracking.start(cfg)  # a wrong --mlflow-uri stops the search before any trial, not after
+    externals = [sets.without_copies(name, found, prepared.split) for name, found in found_external.items()]
+    n_train = int((prepared.split["split"] == "train").sum())
+    if max(cfg.space.batch_sizes) > n_train:
+        raise UserError(f"batch size {max(cfg.space.batch_sizes)} is larger than the {n_train} training images; "
+                        f"lower --batch-sizes")
+
+    info = cluster.connect(cfg)
+    plan = cluster.plan(cfg, info)
+    if not info["session_dir"] and (released := placement.release_abandoned()):  # a cluster others used before
+        print(f"tbray: released {released} placement group(s) that ended searches had left holding resources")
+    if info["session_dir"]:
+        print(f"tbray: Ray's own logs go to {run_dir / 'ray-logs'} when the search ends")
+    interrupt.install()  # over the handlers ray.init and Ray's core put on SIGTERM, which abort the driver
+
+    # Decode once: one uint8 array per image size, shared with every trial through the object store.
+    arrays = cache.build(prepared.root, prepared.split, list(cfg.space.image_sizes), runfolder.cache_dir(cfg))
+    print(f"tbray: weights from {source}; {plan.describe()}")
+    try:
+        grid = fit(cfg, plan, prepared, arrays, state, tune_path)
+        return finish(cfg, grid, prepared, arrays, plan, externals)
+    finally:
+        console.keep_ray_logs(info["session_dir"], run_dir)
+
+
+def fit(cfg: SearchConfig, plan: cluster.Plan, prepared: runfolder.Prepared, arrays: dict, state: dict | None,
+        tune_path: str):
+    """Every trial, through Tune (new, or restored on --resume); the ResultGrid."""
+    data_refs = {size: ray.put({part: cache.subset(prepared.split, cache.load(p), part) for part in ("train", "val")})
+                 for size, p in arrays.items()}
+    weights_ref = ray.put(state) if state is not None else None
+    storage = runfolder.storage_root(cfg)
+    trainable = trainables.build(settings=trainables.train_settings(cfg, plan),
+                                 refs={"data": data_refs, "weights": weights_ref}, storage=f"{storage}/train",
+                                 metric=cfg.metric, mode=cfg.mode, max_failures=cfg.max_failures)
+    if cfg.resume and tune.Tuner.can_restore(tune_path):
+        RunFolderStorage.resumed_at = f"sqlite:///{runfolder.study_path(cfg)}"  # the folder may have moved
+        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = make_tuner(cfg, trainable, storage, plan.max_concurrent)
+    grid = tuner.fit()
+    if released := placement.release_leftover():
+        print(f"tbray: released {released} placement group(s) that finished trials still held")
+    return grid
+
+
+def finish(cfg: SearchConfig, grid, prepared: runfolder.Prepared, arrays: dict, plan: cluster.Plan,
+           externals: list) -> int:
+    """What the trials did, then (unless interrupted) the one evaluation of the best checkpoint."""
+    table, history = trials.collect(grid, cfg)
+    trials.write(runfolder.path(cfg), table, history)
+    if trials.interrupted(grid, cfg) or interrupt.requested():
+        print(f"tbray: search {interrupt.reason()}; continue with: {runfolder.resume_command(cfg)}")
+        return interrupt.exit_code()
+    if orphans := close_orphaned_trials(cfg):
+        print(f"tbray: {orphans} Optuna trial(s) an interrupted session left RUNNING marked FAIL (their Tune "
+              "trials were restarted under new Optuna trials)")
+    best = trials.best(table, history, cfg)
+    if best is None:
+        tracking.record(cfg, table, history, None)
+        first = table["error"].dropna() if "error" in table else []
+        if len(first):
+            raise SearchFailed(f"every trial failed; first error: {first.iloc[0]}")
+        raise SearchFailed(f"no trial left a checkpoint under {runfolder.storage_root(cfg)}/train to evaluate")
+    result = final.run(cfg, prepared, arrays, best, plan, table, history, externals)
+    if cfg.shortcut_audit:
+        from tbray.audit import run as audit_run  # grad-cam and OpenCV load only for an audit
+
+        state, _ = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)
+        size = best["params"]["image_size"]
+        result = audit_run.run(cfg, trainables.train_settings(cfg, plan), plan, prepared.split, cache.load(arrays[size]), state)
+    tracking.record(cfg, table, history, result)
+    print(tracking.where(cfg))
+    print(page.summary_table(result))
+    return 0

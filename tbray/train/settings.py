@@ -1,0 +1,57 @@
+"""What every trial of a search trains with, what Optuna chose for one trial, and the one object a
+trial hands its workers: typed, so nothing changes shape between the trial and the worker loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tbray.config import DEFAULT_CHECKPOINT_EVERY, EVAL_BATCH_SIZE
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Fixed for every trial of a search: how one trial trains, whatever Optuna picked."""
+
+    model: str = "tf_efficientnet_lite0"  # timm name; the only EfficientNet with weights bundled offline
+    mean: float = 0.5  # of the one gray input channel: from the model's pretrained_cfg (model.gray_stats)
+    std: float = 0.5
+    num_workers: int = 1  # Ray Train workers per trial (= GPUs per trial, or 1 CPU worker)
+    use_gpu: bool = False
+    gpus_per_worker: float = 1.0  # below 1 (one worker only): several trials share a GPU
+    cpus_per_worker: int = 1  # data sits decoded in memory, so workers need few CPUs
+    worker_resources: dict = field(default_factory=dict)  # custom Ray resources each worker asks for, as given
+    warmup_epochs: float = 1.0  # linear warm-up before the cosine decay
+    eval_batch_size: int = EVAL_BATCH_SIZE
+    seed: int = 0
+    metric: str = "val_loss"  # the search metric; each epoch also reports its best so far as best_<metric>
+    mode: str = "min"
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # and whenever the metric improves, and at the last epoch
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """What Optuna chose for one trial (the keys of SearchSpace.param_space)."""
+
+    epochs: int
+    batch_size: int  # the trial's global batch, split across its workers
+    image_size: int
+    lr: float
+    weight_decay: float
+
+    @classmethod
+    def from_tune(cls, config: dict) -> "TrialParams":
+        """Tune's config dict for the trial, as one typed object."""
+        return cls(epochs=int(config["epochs"]), batch_size=int(config["batch_size"]),
+                   image_size=int(config["image_size"]), lr=float(config["lr"]),
+                   weight_decay=float(config["weight_decay"]))
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything one trial's workers train with: the one object from the trial to the worker loop."""
+
+    params: TrialParams  # what Optuna chose
+    settings: TrainSettings  # what every trial of the search shares
+    data: object  # ray.ObjectRef of {"train": {...}, "val": {...}} at params.image_size, one copy per node
+    weights: object | None  # ray.ObjectRef of the pretrained backbone state dict, or None (random init)
+    started: float  # time.time() when the trial started, for the start-up figure in the history
