@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -106,6 +108,39 @@ def run_cli():
 def start_cli():
     """Starts a search in the background as a user would (tests that ask for it are marked search and ray)."""
     return _start_cli
+
+
+def write_bytes_named(folder: Path, name: bytes, content: bytes) -> None:
+    """A file whose name is raw bytes (not UTF-8), as a camera, an old archive or a Windows share leaves."""
+    fd = os.open(os.fsencode(folder) + b"/" + name, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, content)
+    os.close(fd)
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A finished search that tests read (never change: copy the folder first)."""
+
+    folder: Path  # results/<name>
+    data: Path  # its --data: tiny_data's 72 images plus one TB file named b"TB-\xff.png" (skipped)
+    external: Path  # its --external other=: 48 images of another synthetic site
+    console: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def finished_run(run_cli, ray_address, tiny_data, tmp_path_factory) -> FinishedRun:
+    """One tiny two-trial search with an external set, shared by every test that reads a finished run."""
+    from tbray.data import demo
+
+    tmp_path = tmp_path_factory.mktemp("finished")
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    write_bytes_named(data / "Tuberculosis", b"TB-\xff.png", (data / "Normal" / "Normal-1.png").read_bytes())
+    other = demo.make(tmp_path / "other" / "TB_Chest_Radiography_Database", n_images=48, size=64, seed=3)
+    done = run_cli("--data", data, "--results", tmp_path, "--name", "e2e", "--num-samples", "2",
+                   "--external", f"other={other}", "--address", ray_address, *TINY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return FinishedRun(folder=tmp_path / "e2e", data=data, external=other, console=done)
 
 
 def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None):

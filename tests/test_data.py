@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_bytes_named
 from PIL import Image, PngImagePlugin
 
 from tbray.data import dataset, demo, duplicates
@@ -238,13 +239,6 @@ def test_discover_names_every_unusable_file_and_why(tmp_path, demo72):
     assert set(found.files.columns) == {"path", "label", "sha256", "phash"}
 
 
-def write_bytes_named(folder: Path, name: bytes, content: bytes) -> None:
-    """A file whose name is raw bytes (not UTF-8), as a camera, an old archive or a Windows share leaves."""
-    fd = os.open(os.fsencode(folder) + b"/" + name, os.O_WRONLY | os.O_CREAT, 0o644)
-    os.write(fd, content)
-    os.close(fd)
-
-
 def test_file_names_that_are_not_utf8_are_skipped_and_shown_readably(tmp_path, demo72):
     root = copy_of(demo72, tmp_path / "db")
     good = (root / "Normal" / "Normal-1.png").read_bytes()
@@ -266,15 +260,9 @@ def test_file_names_that_are_not_utf8_are_skipped_and_shown_readably(tmp_path, d
     assert (tmp_path / "skipped.csv").read_text(encoding="utf-8").count("\ufffd") == 3
 
 
-def test_a_search_goes_on_past_a_file_name_that_is_not_utf8(run_cli, ray_address, tmp_path, demo72):
-    from conftest import TINY
-
-    root = copy_of(demo72, tmp_path / "db")
-    write_bytes_named(root / "Tuberculosis", b"TB-\xff.png", (root / "Normal" / "Normal-1.png").read_bytes())
-    done = run_cli("--data", root, "--results", tmp_path / "results", "--name", "names", "--address", ray_address,
-                   *TINY, "--num-samples", "1")
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    run = tmp_path / "results" / "names"
+def test_a_search_goes_on_past_a_file_name_that_is_not_utf8(finished_run):
+    """The shared finished search's data hold one TB file named b"TB-\\xff.png" (conftest.finished_run)."""
+    run, done = finished_run.folder, finished_run.console
     skipped = pd.read_csv(run / "skipped.csv", encoding="utf-8")
     assert skipped.to_dict("records") == [{"path": "Tuberculosis/TB-\ufffd.png",
                                            "reason": "file name is not valid UTF-8"}]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -48,6 +49,36 @@ def _predict(*args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+DOCTORED = ["huge_image_size", "no_model_name", "unknown_model_name", "other_architecture",
+            "threshold_not_a_probability", "mean_not_a_number", "std_zero", "weights_not_tensors",
+            "threshold_source_not_a_record"]
+SLIPS = ["out_is_a_folder", "out_is_the_model", "out_is_an_image", "cam_is_a_file", "threshold_above_one"]
+
+
+def _slip(case: str, base, paths) -> list:
+    return {"out_is_a_folder": ["--out", base / "empty"], "out_is_the_model": ["--out", paths["good"]],
+            "out_is_an_image": ["--out", base / "images" / "a.png"],
+            "cam_is_a_file": ["--out", base / "p.csv", "--cam", paths["good"]],
+            "threshold_above_one": ["--threshold", "7"]}[case]
+
+
+@pytest.fixture(scope="module")
+def predicted(files) -> dict[str, subprocess.CompletedProcess]:
+    """Every run of tune/predict.py below, two at a time (each spends seconds importing torch and timm)."""
+    base, paths = files
+    runs = {name: [paths[name], base / "images"] for name in DOCTORED}
+    runs |= {folder: [paths["good"], base / folder] for folder in ("empty", "unreadable")}
+    runs["good"] = [paths["good"], base / "images"]
+    runs |= {case: [paths["good"], base / "images", *_slip(case, base, paths)] for case in SLIPS}
+    before = {p: p.read_bytes() for p in (paths["good"], base / "images" / "a.png")}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(_predict, *args) for name, args in runs.items()}
+        done = {name: future.result() for name, future in futures.items()}
+    # Refused before scoring: nothing they read was changed, nothing they were told to write was written.
+    assert {p: p.read_bytes() for p in before} == before and not (base / "p.csv").exists()
+    return done
+
+
 @pytest.mark.parametrize("name, message", [
     ("huge_image_size", "image_size 100000 is not a whole number of pixels between 16 and 2048"),
     ("no_model_name", "not a tbray model file (missing model_name)"),
@@ -59,9 +90,8 @@ def _predict(*args) -> subprocess.CompletedProcess:
     ("weights_not_tensors", "the weights are not all tensors"),
     ("threshold_source_not_a_record", "threshold_source is not a record (a dict), but str"),
 ])
-def test_doctored_model_file_is_refused_in_one_line(files, name, message):
-    base, paths = files
-    done = _predict(paths[name], base / "images")
+def test_doctored_model_file_is_refused_in_one_line(predicted, name, message):
+    done = predicted[name]
     assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tbray: error: ") and message in lines[0], lines
@@ -69,15 +99,13 @@ def test_doctored_model_file_is_refused_in_one_line(files, name, message):
 
 @pytest.mark.parametrize("folder, message", [("empty", "no PNG or JPEG image found"),
                                              ("unreadable", "none of the 1 image(s) could be read")])
-def test_folder_without_a_readable_image_is_refused(files, folder, message):
-    base, paths = files
-    done = _predict(paths["good"], base / folder)
+def test_folder_without_a_readable_image_is_refused(predicted, folder, message):
+    done = predicted[folder]
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
-def test_a_model_without_any_threshold_record_still_predicts(files):
-    base, paths = files
-    done = _predict(paths["good"], base / "images")
+def test_a_model_without_any_threshold_record_still_predicts(predicted):
+    done = predicted["good"]
     assert done.returncode == 0, done.stderr
     assert "no record of how the threshold was chosen" in done.stderr
     assert done.stdout.splitlines()[0] == "path,p_tb,prediction,error,threshold"
@@ -90,16 +118,11 @@ def test_a_model_without_any_threshold_record_still_predicts(files):
     ("cam_is_a_file", "{base}/good.pt: is a file; --cam takes a folder"),
     ("threshold_above_one", "--threshold is a P(TB) cut-off in [0, 1], got 7.0"),
 ])
-def test_a_slip_in_an_option_is_refused_before_scoring_and_destroys_nothing(files, case, message):
-    base, paths = files
-    before = {p: p.read_bytes() for p in (paths["good"], base / "images" / "a.png")}
-    options = {"out_is_a_folder": ["--out", base / "empty"], "out_is_the_model": ["--out", paths["good"]],
-               "out_is_an_image": ["--out", base / "images" / "a.png"],
-               "cam_is_a_file": ["--out", base / "p.csv", "--cam", paths["good"]],
-               "threshold_above_one": ["--threshold", "7"]}[case]
-    done = _predict(paths["good"], base / "images", *options)
+def test_a_slip_in_an_option_is_refused_before_scoring_and_destroys_nothing(files, predicted, case, message):
+    base, _ = files
+    done = predicted[case]
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stderr[-2000:]
-    # One line, and the first: refused before the threshold line and before any image was scored.
+    # One line, and the first: refused before the threshold line and before any image was scored (the
+    # fixture checks that the model, the image and --out are as they were).
     assert len(lines) == 1 and lines[0].startswith(f"tbray: error: {message.format(base=base)}"), lines
-    assert {p: p.read_bytes() for p in before} == before and not (base / "p.csv").exists()

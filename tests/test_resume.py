@@ -18,11 +18,16 @@ def error_line(done, before_ray: bool = True) -> str:
     return lines[-1]
 
 
-def test_resume_refuses_options_that_change_the_search(run_cli, ray_address, tiny_data, tmp_path):
-    # A run folder with its options written, stopped before its first trial (no GPU for it).
-    first = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "opts", "--address", ray_address,
-                    *TINY, "--gpus-per-trial", "1")
+def test_resume_refuses_options_and_data_that_change_the_search(run_cli, ray_address, tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    # A run folder with its options written, stopped before its first trial: a trial asks for a GPU the
+    # cluster never has, which ends the search at once (a trial waiting forever would hit the timeout).
+    first = run_cli("--data", data, "--results", tmp_path, "--name", "opts", "--address", ray_address,
+                    *TINY, "--gpus-per-trial", "1", timeout=120)
     assert first.returncode == 2 and (tmp_path / "opts" / "search.json").is_file()
+    assert error_line(first, before_ray=False).startswith("tbray: error: a trial asks for 1 GPU(s)")
+    assert "Traceback" not in first.stderr
     resume = ["--resume", "--name", "opts", "--results", tmp_path, "--address", ray_address]
     # Both typed with argparse's default values: typed, so compared with what the search started with.
     changed = run_cli(*resume, "--epochs", "10,20,30", "--model", "tf_efficientnet_lite0", "--seed", "0")
@@ -32,6 +37,14 @@ def test_resume_refuses_options_that_change_the_search(run_cli, ray_address, tin
     kept = run_cli(*resume, "--max-failures", "5", "--model", "test_efficientnet")
     assert "--max-failures ignored" in kept.stdout and "--model" not in kept.stdout, kept.stdout[-2000:]
     assert "GPU" in error_line(kept, before_ray=False)
+    # Data changed since the split was made: refused by name (the study check comes first, so it stays last).
+    victim = next((data / "Tuberculosis").glob("*.png"))
+    original = victim.read_bytes()
+    victim.write_bytes((data / "Normal" / "Normal-1.png").read_bytes())  # same name, other picture
+    changed = run_cli(*resume)
+    assert changed.returncode == 2
+    assert "changed since the split was made" in changed.stderr and victim.name in changed.stderr
+    victim.write_bytes(original)
     # No trial has run, so there is no Tune state to check the study against; a corrupt one is still refused.
     (tmp_path / "opts" / "optuna.db").write_bytes(b"not a database\n" * 100)
     corrupt = error_line(run_cli(*resume))
@@ -47,6 +60,7 @@ def test_resume_without_its_optuna_study_is_refused_and_leaves_the_folder_as_it_
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=180)
     assert proc.returncode == 130, output[-3000:]
+    assert "--resume --name study" in output  # the hint, printed before the second trial existed
     backup = tmp_path / "optuna.db.backup"
     shutil.move(run / "optuna.db", backup)
     resume = ["--resume", "--name", "study", "--results", tmp_path, "--address", ray_address]
