@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tbray"
 # modules at the top of the package (errors, config, outputs), the ground every part stands on.
 LAYERS = [
     {"tbray"},
-    {"stats", "data"},
+    {"stats"},
+    {"data"},
     {"report", "rayops"},
     {"model"},
     {"train", "external", "predict", "runs"},

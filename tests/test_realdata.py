@@ -124,3 +124,14 @@ def test_shortcut_audit_writes_its_section(real_run):
     shares = pd.read_csv(real_run / "cam_lung_share.csv")
     assert len(shares) == report["evaluation"]["n_test"] and shares["lung_share"].dropna().between(0, 1).all()
     assert (real_run / "cam_true_positives.png").is_file()
+
+
+def test_the_confound_check_finds_tbdb_devs_acquisition_cues(real_run):
+    # tbdb-dev's TB films are tinted and stored partly as L, its Normal films all RGB (shared README): a
+    # model that sees only thumbnails, intensities and file facts tells them apart (measured 0.986 at 96 px).
+    record = json.loads((real_run / "report.json").read_text())["data_summary"]["confound"]
+    whole = record["tb_vs_normal"]["all"]
+    assert record["confounded"] and whole["ci_low"] > 0.9 and whole["n"] == 796, whole
+    assert record["storage_modes"]["Normal"] == {"RGB": 400}
+    page = (real_run / "report.md").read_text()
+    assert "**The classes can be told apart without looking at disease**" in page

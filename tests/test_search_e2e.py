@@ -62,9 +62,16 @@ def test_search_end_to_end(e2e, tiny_data):
     assert best["threshold"] == report["evaluation"]["threshold"]
     assert "Best trial" in done.stdout and "Test AUROC" in done.stdout
 
+    # The confound check ran before any trial, and the console, the report and the model card state it.
+    check = report["data_summary"]["confound"]["tb_vs_normal"]["all"]
+    assert 0 <= check["ci_low"] <= check["value"] <= check["ci_high"] <= 1 and check["n"] == 72
+    assert f"tells TB from Normal at AUROC {check['value']:.3f}" in done.stdout
+    assert done.stdout.index("confound check") < done.stdout.index("Best trial")  # before any trial
+    assert "Confound check (before training)" in (run / "model_card.md").read_text()
+
     # One page a person reads, with every section and plot.
     page = (run / "report.md").read_text()
-    for heading in ("Headline test metrics", "Operating threshold", "WHO triage target", "Confusion matrices",
+    for heading in ("Headline test metrics", "What acquisition alone tells apart", "Operating threshold", "WHO triage target", "Confusion matrices",
                     "Calibration", "Best configuration", "Search summary", "Cross-split duplicates",
                     "Limits of this data set"):
         assert heading in page, heading

@@ -6,6 +6,8 @@ can't drift from the numbers it summarises.
 
 from __future__ import annotations
 
+from tbray.report import confound_section
+
 SECTIONS = ("Model details", "Intended use", "Training data", "Metrics", "Operating threshold", "Caveats")
 
 
@@ -39,7 +41,7 @@ def _data(report: dict) -> list[str]:
              "- Split 70/20/10 (train/test/validation), stratified, with exact and near duplicates kept in one split.",
              "- Known biases: in the public TB Chest X-ray Database the Normal and TB images come largely from "
              "different hospitals and countries, so source cues (processing, tint, markers) separate the classes "
-             "without any disease being seen."]
+             "without any disease being seen.", *confound_section.card_line(data)]
     if report.get("demo"):
         lines.append("- **Synthetic demo data: not medical.** No figure on this card says anything about TB.")
     return lines

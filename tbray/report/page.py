@@ -11,7 +11,7 @@ import pandas as pd
 
 from tbray import CLASS_NAMES
 from tbray.data.duplicates import NEAR_DUPLICATE_MAX_DISTANCE
-from tbray.report import audit_section, external_section
+from tbray.report import audit_section, confound_section, external_section
 
 DEMO_BANNER = "SYNTHETIC DEMO DATA — NOT MEDICAL"
 DUPLICATE_METHOD = (
@@ -208,7 +208,7 @@ def _data_section(data: dict) -> list[str]:
     """Return image counts per split and class ({"train_tb": n, ...}) and the other facts."""
     lines = ["## Data", "", markdown_table(["images", "count"], list(map(list, data["counts"].items()))), ""]
     for key, value in data.items():
-        if key in ("counts", "duplicates"):
+        if key in ("counts", "duplicates", "confound"):
             continue
         lines.append(f"- {key}: {len(value) if isinstance(value, list) else _fmt(value)}")
     return lines + [""]
@@ -265,7 +265,8 @@ def markdown(report: dict) -> str:
     if report["demo"]:
         lines += [f"> **{DEMO_BANNER}**", ""]
     sections = (
-        _headline_section(ev), _threshold_section(ev), _who_section(ev),
+        _headline_section(ev), confound_section.section(report["data_summary"]), _threshold_section(ev),
+        _who_section(ev),
         external_section.section(report.get("external") or {}, external_section.internal_summary(ev)),
         audit_section.section(report),
         _confusion_section(ev),

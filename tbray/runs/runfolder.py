@@ -36,6 +36,7 @@ class Prepared:
     skipped: pd.DataFrame  # path, reason
     ignored: list[str]
     cross_split_duplicates: pd.DataFrame
+    confound: dict | None = None  # what acquisition alone tells apart (tbray.data.confound), once measured
 
     def summary(self) -> dict:
         """Counts per split and class, skipped and ignored files, duplicates: for the report."""
@@ -47,6 +48,7 @@ class Prepared:
             "skipped_files": self.skipped.to_dict("records"),
             "ignored": self.ignored,
             "duplicates": duplicates.summary(self.cross_split_duplicates),
+            "confound": self.confound,
         }
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from tbray.config import SearchConfig
-from tbray.data import cache
+from tbray.data import cache, confound
 from tbray.errors import SearchFailed, UserError
 from tbray.external import sets
 from tbray.model import factory as tbmodel
@@ -104,12 +105,24 @@ def search(cfg: SearchConfig) -> int:
 
     # Decode once: one uint8 array per image size, shared with every trial through the object store.
     arrays = cache.build(prepared.root, prepared.split, list(cfg.space.image_sizes), runfolder.cache_dir(cfg))
+    prepared.confound = check_confounds(cfg, prepared, arrays)
     print(f"tbray: weights from {source}; {plan.describe()}")
     try:
         grid = fit(cfg, plan, prepared, arrays, state, tune_path)
         return finish(cfg, grid, prepared, arrays, plan, externals)
     finally:
         console.keep_ray_logs(info["session_dir"], run_dir)
+
+
+def check_confounds(cfg: SearchConfig, prepared: runfolder.Prepared, arrays: dict) -> dict:
+    """What acquisition alone tells apart, before any trial (tbray.data.confound), from the smallest cached size."""
+    split = prepared.split
+    record = confound.check(np.asarray(cache.load(arrays[min(arrays)])), [prepared.root / p for p in split["path"]],
+                            split["label"].to_numpy(), np.full(len(split), prepared.root.name), cfg.seed)
+    print(f"tbray: {confound.sentence(record)}")
+    if text := confound.warning(record):
+        print(f"tbray: WARNING {text}")
+    return record
 
 
 def fit(cfg: SearchConfig, plan: cluster.Plan, prepared: runfolder.Prepared, arrays: dict, state: dict | None,
