@@ -158,6 +158,14 @@ def test_evaluate_later_gives_the_numbers_the_search_gave(e2e):
     assert (run / "external-later_scores.csv").read_bytes() == written["external-later_scores.csv"]
     assert json.loads((run / "external-later.json").read_text())["auroc"] == later["auroc"]
     assert not list(run.glob(".*.tmp"))
+    # --out DIR: the same three files elsewhere (a read-only run folder, a shared report folder).
+    elsewhere = tmp_path / "evaluations"
+    moved = _cli("evaluate.py", run / "best_model.pt", other, "--name", "moved", "--out", elsewhere)
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    assert {p.name for p in elsewhere.iterdir()} == {"external-moved.json", "external-moved.md",
+                                                     "external-moved_scores.csv"}
+    assert json.loads((elsewhere / "external-moved.json").read_text())["auroc"] == later["auroc"]
+    assert not list(run.glob("external-moved*"))
 
 
 def test_calibration_writes_a_new_model_and_predict_says_where_its_threshold_came_from(e2e):

@@ -77,6 +77,7 @@ class Option:
     group: str  # the --help section
     parse: dict = field(default_factory=dict)  # argparse's type, action, nargs, metavar, choices
     to_config: Callable = lambda value: (value,)  # parsed value -> one value per field
+    aliases: tuple[str, ...] = ()  # other spellings users of Ray Tune and timm type
 
     @property
     def dest(self) -> str:
@@ -98,12 +99,15 @@ OPTIONS = [
     Option("--batch-sizes", ("space.batch_sizes",), "batch sizes Optuna chooses from (comma-separated)",
            "search space", {"type": _ints}),
     Option("--image-sizes", ("space.image_sizes",), "square image sizes Optuna chooses from (comma-separated)",
-           "search space", {"type": _ints}),
+           "search space", {"type": _ints}, aliases=("--img-size",)),
     Option("--lr-range", ("space.lr_min", "space.lr_max"), "learning-rate range, searched log-uniformly",
            "search space", {"type": float, "nargs": 2, "metavar": ("MIN", "MAX")}, tuple),
+    Option("--weight-decay-range", ("space.weight_decay_min", "space.weight_decay_max"), "AdamW weight-decay "
+           "range, searched log-uniformly", "search space", {"type": float, "nargs": 2, "metavar": ("MIN", "MAX")},
+           tuple),
     Option("--model", ("model",), "any timm EfficientNet, e.g. efficientnet_b0", "search"),
     Option("--weights", ("weights",), "start from this state dict (loaded with weights_only=True)", "search",
-           {"type": Path}, lambda v: (_absolute(v),)),
+           {"type": Path}, lambda v: (_absolute(v),), aliases=("--initial-checkpoint",)),
     Option("--no-pretrained", ("pretrained",), "random initialisation", "search", {"action": "store_true"},
            lambda v: (not v,)),
     Option("--num-samples", ("num_samples",), "trials in total", "search", {"type": _positive}),
@@ -119,6 +123,8 @@ OPTIONS = [
            {"choices": ["val_auroc", "val_loss", "val_f1", "val_accuracy", "val_sensitivity", "val_specificity"]}),
     Option("--mode", ("mode",), "default: min for val_loss, else max", "search", {"choices": ["max", "min"]}),
     Option("--grace-period", ("grace_period",), "ASHA: epochs before a stop", "search", {"type": _positive}),
+    Option("--reduction-factor", ("reduction_factor",), "ASHA: keep the best 1/N of the trials at each rung", "search",
+           {"type": _positive, "metavar": "N"}),
     Option("--max-failures", ("max_failures",), "worker restarts per trial", "search", {"type": int}),
     Option("--checkpoint-every", ("checkpoint_every",), "checkpoint every K epochs, besides when the metric "
            "improves and at the last epoch", "search", {"type": _positive, "metavar": "K"}),
@@ -170,7 +176,7 @@ def parser() -> argparse.ArgumentParser:
     for option in OPTIONS:
         group = groups.get(option.group) or groups.setdefault(option.group, p.add_argument_group(option.group))
         default = _default(option)
-        group.add_argument(option.flag, default=default, help=option.help + _shown(option, default), **option.parse)
+        group.add_argument(option.flag, *option.aliases, dest=option.dest, default=default, help=option.help + _shown(option, default), **option.parse)
     return p
 
 
@@ -192,9 +198,11 @@ def check(args: argparse.Namespace) -> None:
     """What argparse can't see: contradictions and ranges; each a UserError naming the option."""
     if args.data is not None and args.demo:
         raise UserError("--data and --demo exclude each other")
-    lo, hi = args.lr_range
-    if not 0 < lo <= hi < math.inf:  # NaN fails every comparison, inf only the last
-        raise UserError(f"--lr-range needs 0 < MIN <= MAX, both finite, got {lo} {hi}")
+    for flag, (lo, hi) in (("--lr-range", args.lr_range), ("--weight-decay-range", args.weight_decay_range)):
+        if not 0 < lo <= hi < math.inf:  # NaN fails every comparison, inf only the last
+            raise UserError(f"{flag} needs 0 < MIN <= MAX, both finite, got {lo} {hi}")
+    if args.reduction_factor < 2:
+        raise UserError(f"--reduction-factor must be at least 2 (ASHA keeps 1/N at each rung), got {args.reduction_factor}")
     if not 0 <= args.seed < 2**32:  # numpy, scikit-learn and Optuna's sampler all take this range only
         raise UserError(f"--seed must be in [0, 2**32), got {args.seed}")
     if not 0 < args.target_sensitivity <= 1:

@@ -60,11 +60,12 @@ def scored(ext: sets.ExternalSet, saved: dict, target: float) -> tuple[dict, pd.
 
 
 def evaluate(model_file: Path, folder: Path, name: str, target: float | None = None,
-             replace: bool = False) -> tuple[Path, Path]:
-    """Score a labelled set that arrived after the search; write external-<NAME>.json, .md and _scores.csv beside
-    the model, and return the .json and .md paths."""
+             replace: bool = False, out_dir: Path | None = None) -> tuple[Path, Path]:
+    """Score a labelled set that arrived after the search; write external-<NAME>.json, .md and _scores.csv into
+    `out_dir` (default: beside the model), and return the .json and .md paths."""
     folder_of_model = Path(model_file).parent
-    json_path, md_path = folder_of_model / f"external-{name}.json", folder_of_model / f"external-{name}.md"
+    out = outputs.output_folder(out_dir, "--out") if out_dir is not None else folder_of_model
+    json_path, md_path = out / f"external-{name}.json", out / f"external-{name}.md"
     if json_path.exists() and not replace:  # checked first: an earlier site's figures are never lost to a reused name
         raise UserError(f"{json_path}: an evaluation named {name!r} is already there{_of(json_path)}; "
                         "pass --name to keep both, or --replace to write over it")
@@ -72,9 +73,10 @@ def evaluate(model_file: Path, folder: Path, name: str, target: float | None = N
     target = target or (saved.get("threshold_source") or {}).get("target_sensitivity", metrics.WHO_TARGET["sensitivity"])
     internal = internal_figures(folder_of_model / "report.json")  # checked before the scoring
     record, table = scored(load(name, folder, model_file, saved), saved, target)
+    out.mkdir(parents=True, exist_ok=True)
     # Each file whole or not at all, the .json last: it says the evaluation finished (a kill before it
     # leaves no .json, so a rerun with the same name goes ahead).
-    outputs.write_atomic(folder_of_model / f"external-{name}_scores.csv", table.to_csv(index=False))
+    outputs.write_atomic(out / f"external-{name}_scores.csv", table.to_csv(index=False))
     outputs.write_atomic(md_path, external_section.page(name, record, internal, str(model_file)))
     outputs.write_atomic(json_path, json.dumps({"name": name, "model": str(model_file), **record}, indent=2, default=str))
     return json_path, md_path
