@@ -3,6 +3,7 @@ with the Optuna study its searcher was using. All through the real command line 
 
 from __future__ import annotations
 
+import pickle
 import shutil
 import signal
 
@@ -82,3 +83,16 @@ def test_resume_without_its_optuna_study_is_refused_and_leaves_the_folder_as_it_
     assert "resuming with" not in resumed.stdout  # nothing differed, so nothing to say
     assert (pd.read_csv(run / "trials.csv")["status"] != "error").sum() == 2
     assert (run / "report.json").is_file()
+
+
+def test_tune_state_saved_under_the_older_module_paths_unpickles():
+    """A search interrupted before tbray's subpackages saved its searcher and callbacks under the flat
+    module names (tbray.study, tbray.placement); its resume must still unpickle them."""
+    from tbray.rayops import placement
+    from tbray.search import run
+    from tbray.search.study import LabelledOptunaSearch, RunFolderStorage
+
+    run.accept_older_state()
+    assert pickle.loads(b"ctbray.study\nRunFolderStorage\n.") is RunFolderStorage
+    assert pickle.loads(b"ctbray.study\nLabelledOptunaSearch\n.") is LabelledOptunaSearch
+    assert pickle.loads(b"ctbray.placement\nReleaseUnused\n.") is placement.ReleaseUnused

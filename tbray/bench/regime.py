@@ -19,7 +19,6 @@ import numpy as np
 import ray
 from ray import tune
 
-from tbray.train import trainable as trainables
 from tbray.train.settings import TrainSettings
 
 TRAIN_IMAGES = 2940  # one epoch of the public set's training split (tbray.bench.pipeline.PUBLIC_TRAIN_IMAGES)
@@ -96,6 +95,8 @@ def train_trial(regime: Regime, refs: dict) -> dict:
     settings = trial_settings(regime)
     stamp = Path(tempfile.mkdtemp()) / "entered"
     storage = tempfile.mkdtemp()
+    from tbray.train import trainable as trainables  # here: Tune's trial processes unpickle this module
+
     trainable = trainables.build(stamped_trial, stamp=str(stamp), settings=settings, refs=refs,
                                  storage=f"{storage}/train", metric="val_loss", mode="min", max_failures=0)
     space = {"epochs": regime.epochs, "batch_size": regime.batch_size, "image_size": regime.image_size,

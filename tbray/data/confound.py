@@ -31,6 +31,7 @@ from tbray.stats import assess
 
 THUMBNAIL = 16  # px: far too coarse for TB's lesions, fine enough for exposure, borders, tints and labels
 FOLDS = 5  # stratified cross-validation folds (fewer when a class has fewer images)
+CHUNK = 256  # films whose statistics are taken at once: 256 x 224^2 float32 is 51 MB, not the whole set
 CONFOUNDED = 0.80  # TB-vs-Normal AUROC at or above which the report says so in words
 BIT_DEPTH = {"1": 1, "L": 8, "P": 8, "LA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8, "I;16": 16,
              "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}  # per channel, by Pillow's storage mode
@@ -46,12 +47,17 @@ def file_facts(path: Path) -> dict:
                 "format": im.format or Path(path).suffix.lower().lstrip(".")}
 
 
+def _intensities(images: np.ndarray) -> np.ndarray:
+    """Mean, std, 1st/50th/99th percentile of each uint8 film [N, S, S] -> float [N, 5]."""
+    flat = images.reshape(len(images), -1).astype(np.float32)
+    return np.column_stack([flat.mean(1), flat.std(1), *np.percentile(flat, [1, 50, 99], axis=1)])
+
+
 def features(images: np.ndarray, facts: pd.DataFrame) -> pd.DataFrame:
     """One row per image: thumbnail pixels, intensity statistics, file facts (categories one-hot)."""
     thumbs = np.stack([np.asarray(Image.fromarray(im).resize((THUMBNAIL, THUMBNAIL), Image.BOX), dtype=np.float32)
                        for im in images]).reshape(len(images), -1)
-    flat = images.reshape(len(images), -1).astype(np.float32)
-    stats = np.column_stack([flat.mean(1), flat.std(1), *np.percentile(flat, [1, 50, 99], axis=1)])
+    stats = np.concatenate([_intensities(images[i:i + CHUNK]) for i in range(0, len(images), CHUNK)])
     table = pd.DataFrame(np.column_stack([thumbs, stats]),
                          columns=[f"thumb_{i}" for i in range(thumbs.shape[1])] + ["mean", "std", "p1", "p50", "p99"])
     numeric = pd.DataFrame({"bits": facts["bits"].to_numpy(float), "log_width": np.log(facts["width"].to_numpy(float)),

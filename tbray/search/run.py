@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import optuna
@@ -125,6 +126,19 @@ def check_confounds(cfg: SearchConfig, prepared: runfolder.Prepared, arrays: dic
     return record
 
 
+# Module paths of objects Tune pickles with a search's state (its searcher and study storage, the progress
+# reporter, the callbacks), as tbray named them before its subpackages (7831f69): a search interrupted then
+# still resumes, since Tune unpickles them by these names.
+OLDER_MODULES = {"tbray.study": sys.modules[RunFolderStorage.__module__], "tbray.console": console,
+                 "tbray.placement": placement}
+
+
+def accept_older_state() -> None:
+    """Let Tune find, under their older names, the tbray modules whose objects it saved with a search."""
+    for name, module in OLDER_MODULES.items():
+        sys.modules.setdefault(name, module)
+
+
 def fit(cfg: SearchConfig, plan: cluster.Plan, prepared: runfolder.Prepared, arrays: dict, state: dict | None,
         tune_path: str):
     """Every trial, through Tune (new, or restored on --resume); the ResultGrid."""
@@ -137,7 +151,14 @@ def fit(cfg: SearchConfig, plan: cluster.Plan, prepared: runfolder.Prepared, arr
                                  metric=cfg.metric, mode=cfg.mode, max_failures=cfg.max_failures)
     if cfg.resume and tune.Tuner.can_restore(tune_path):
         RunFolderStorage.resumed_at = f"sqlite:///{runfolder.study_path(cfg)}"  # the folder may have moved
-        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        accept_older_state()
+        try:
+            tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("tbray"):
+                raise
+            raise UserError(f"{tune_path}: Tune's saved state names {exc.name}, which this tbray does not have: the "
+                            "search was started by another tbray version; resume it with that version") from None
     else:
         tuner = make_tuner(cfg, trainable, storage, plan.max_concurrent)
     grid = tuner.fit()

@@ -7,19 +7,24 @@ build their Tune trainables here, so a trial asks for the same resources whereve
     trainable = build(driver.trial, settings=..., refs=..., storage=..., metric=..., mode=..., max_failures=...)
     tune.Tuner(trainable, ...)
 
-Imported by the driver process only: Tune's trial actors and Ray Train's controller unpickle
-`tbray.train.driver`, which stays light.
+Imported by the process that builds the Tuner (a module that Tune's trial processes unpickle imports it
+inside a function): it loads timm, while `tbray.train.driver`, which Tune's trial actors and Ray Train's
+controller unpickle, stays light.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from ray import tune
 
 from tbray.config import SearchConfig
 from tbray.model import factory as tbmodel
-from tbray.rayops.cluster import Plan
 from tbray.train.driver import trial
 from tbray.train.settings import TrainSettings
+
+if TYPE_CHECKING:
+    from tbray.rayops.cluster import Plan
 
 # A tbray trial only drives its Ray Train run, whose workers hold the CPUs and GPUs, so the trial itself
 # takes no CPU from them. Tune can't place an actor that asks for nothing, so it asks for a token 1 MiB
