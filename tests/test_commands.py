@@ -65,9 +65,13 @@ def wrapper(monkeypatch):
     disconnected (the test session may hold one)."""
     monkeypatch.setattr(exits, "disconnect", lambda: None)
     monkeypatch.setattr(interrupt, "_received", set())  # the signals this process saw, as before the test
-    before = signal.getsignal(signal.SIGTERM)
+    # SIGTERM does what Ctrl-C does now; an in-process Tuner.fit earlier in the session leaves Tune's own
+    # SIGINT handler behind (it stops a Tune run instead of raising), so Ctrl-C is made Python's again here.
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     yield exits.run
-    signal.signal(signal.SIGTERM, before)
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
 
 
 def _raise(exc):
