@@ -37,11 +37,25 @@ class SearchSpace:
         }
 
 
+# How the search ranks a configuration (--selection), after DomainBed (Gulrajani and Lopez-Paz, 2021):
+SELECTIONS = {
+    "pooled": "validation images of every source together",
+    "worst-source": "the worst of the per-source validation figures, so no source carries the search",
+    "leave-source-out": "each source left out of training in turn and scored on its validation images; the mean",
+}
+
+
+def objective(metric: str, selection: str) -> str:
+    """The name of the figure Tune, Optuna and ASHA rank by (best_<it> so far): the metric, per selection."""
+    return {"pooled": metric, "worst-source": f"worst_{metric}", "leave-source-out": f"heldout_{metric}"}[selection]
+
+
 @dataclass
 class SearchConfig:
     """Everything `python tune/search.py` can be told; one run folder per `name`."""
 
-    data: Path | None = None  # dataset root (Normal/, Tuberculosis/) or its parent
+    # Source name -> its folder (Normal/, Tuberculosis/, or their parent); one per --data, in order given.
+    data: dict[str, Path] = field(default_factory=dict)
     demo: bool = False  # generate and use the synthetic demo set instead
     split_file: Path | None = None  # reuse a split.csv, or a TB-Net style folder of split CSVs
     results: Path = Path("results")  # run folders live here
@@ -57,6 +71,8 @@ class SearchConfig:
     cpus_per_worker: int = 1
     worker_resources: dict = field(default_factory=dict)  # e.g. {"accelerator_type:A100": 0.01}
     metric: str = "val_loss"  # unlike val_auroc, it does not saturate on separable validation (docs/method.md)
+    # How validation ranks configurations (SELECTIONS); None: pooled with one source, worst-source with more.
+    selection: str | None = None
     mode: str = "min"
     grace_period: int = 3  # ASHA: epochs every trial gets before it can be stopped
     reduction_factor: int = 3  # ASHA: keep the best 1/3 at each rung
@@ -72,6 +88,18 @@ class SearchConfig:
     mlflow_uri: str | None = None  # MLflow tracking server; default: SQLite in the run folder (tbray.search.tracking)
     shortcut_audit: bool = False  # retrain the best configuration on lung-free / lungs-only images (two more runs)
 
+    def __post_init__(self):
+        # One folder, as before several sources (and as `--data PATH` gives it): its source is named by it.
+        if isinstance(self.data, (str, Path)):
+            self.data = {Path(self.data).name: Path(self.data)}
+        elif self.data is None:
+            self.data = {}
+
+    @property
+    def objective(self) -> str:
+        """What the search optimises: `metric` as `selection` measures it (pooled when unresolved)."""
+        return objective(self.metric, self.selection or "pooled")
+
     def to_json(self) -> dict:
         """A JSON-able copy for report.json and the resume check."""
         out = dataclasses.asdict(self)
@@ -79,5 +107,6 @@ class SearchConfig:
             if isinstance(value, Path):
                 out[key] = str(value)
         out["external"] = {name: str(folder) for name, folder in self.external.items()}
+        out["data"] = {name: str(folder) for name, folder in self.data.items()}
         out["space"] = {k: list(v) if isinstance(v, tuple) else v for k, v in out["space"].items()}
         return out

@@ -63,7 +63,7 @@ def test_saved_options_come_back_for_resume(data, tmp_path):
     cfg = SearchConfig(data=data, results=tmp_path, name="saved", num_samples=3, min_image_size=32)
     runfolder.prepare(cfg)
     again = runfolder.for_resume(SearchConfig(results=tmp_path, name="saved", resume=True))
-    assert again.num_samples == 3 and again.data == data and again.resume
+    assert again.num_samples == 3 and again.data == {data.name: data} and again.resume
     (tmp_path / "saved" / "tune").mkdir()  # once trials have run there, a new search may not use the name
     with pytest.raises(UserError, match="run folder exists"):
         runfolder.prepare(cfg)

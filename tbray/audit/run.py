@@ -6,6 +6,7 @@ folder whose search has finished (its search.json, split.csv, best_model.pt and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pandas as pd
 
 from tbray.audit import controls
 from tbray.config import SearchConfig
-from tbray.data import cache, dataset, lungs
+from tbray.data import cache, dataset, lungs, sources
 from tbray.errors import UserError
 from tbray.model import factory as tbmodel
 from tbray.model import modelfile, saliency
@@ -29,6 +30,9 @@ def run(cfg: SearchConfig, settings: TrainSettings, plan: cluster.Plan, split: p
         weights: dict | None) -> dict:
     """Every audit output into the run folder; returns the updated report."""
     run_dir = runfolder.path(cfg)
+    # Each control is one model on pooled validation, whatever rule chose the configuration (the controls
+    # carry no source per image, and retrain the one chosen configuration only).
+    cfg, settings = dataclasses.replace(cfg, selection="pooled"), dataclasses.replace(settings, selection="pooled")
     saved = modelfile.load_model_file(run_dir / "best_model.pt")
     current = json.loads((run_dir / "report.json").read_text())
     test = cache.subset(split, images, "test")
@@ -72,9 +76,11 @@ def for_folder(run_dir: Path, address: str | None = None) -> dict:
     cfg.results, cfg.name, cfg.address = run_dir.parent, run_dir.name, address or cfg.address
     split = dataset.read_table(run_dir / "split.csv", dataset.SPLIT_COLUMNS, "split file")
     readable_inputs(run_dir, int((split["split"] == "test").sum()))  # before Ray starts and anything trains
-    root = dataset.find_root(runfolder.data_root(cfg))  # split.csv's paths are relative to it
+    roots = {name: dataset.find_root(folder) for name, folder in runfolder.data_roots(cfg).items()}
+    if "source" not in split:  # written before several sources: its one source
+        split["source"] = next(iter(roots))
     size = int(modelfile.load_model_file(run_dir / "best_model.pt")["image_size"])
-    images = cache.load(cache.build(root, split, [size], runfolder.cache_dir(cfg))[size])
+    images = cache.load(cache.build(sources.files_of(split, roots), split, [size], runfolder.cache_dir(cfg))[size])
     weights, _ = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)
     plan = cluster.plan(cfg, cluster.connect(cfg))
     runfolder.lock(run_dir)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from tbray.commands import exits
-from tbray.config import SearchConfig, SearchSpace
+from tbray.config import SELECTIONS, SearchConfig, SearchSpace
 from tbray.errors import UserError
 from tbray.rayops import loopback, packing
 from tbray.runs import runfolder
@@ -61,6 +61,20 @@ def _external(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def _source(text: str) -> tuple[str, Path]:
+    """'site=/data/site' -> ('site', ...); a plain path is named by its folder: '/data/tbdb-dev' -> 'tbdb-dev'."""
+    name, sep, path = text.partition("=")
+    if not sep or "/" in name:  # a path that holds '=' further on is still a path
+        path = text
+        name = Path(os.path.abspath(text)).name
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"expected PATH or NAME=PATH, got {text!r}")
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise argparse.ArgumentTypeError(f"source name {name!r}: use letters, digits, '-', '_' and '.' only "
+                                         "(or name it: NAME=PATH)")
+    return name, Path(path)
+
+
 def _absolute(path: Path | None) -> Path | None:
     """The path from the current folder, made absolute (without following links) so that search.json
     and the printed resume command mean the same files from any folder a resume is started in."""
@@ -85,8 +99,10 @@ class Option:
 
 
 OPTIONS = [
-    Option("--data", ("data",), "TB_Chest_Radiography_Database/ (Normal/, Tuberculosis/) or its parent", "data",
-           {"type": Path}, lambda v: (_absolute(v),)),
+    Option("--data", ("data",), "TB_Chest_Radiography_Database/ (Normal/, Tuberculosis/) or its parent; repeat it "
+           "for several sources, each named by its folder or as NAME=PATH", "data",
+           {"action": "append", "type": _source, "metavar": "[NAME=]PATH"},
+           lambda pairs: ({name: _absolute(folder) for name, folder in pairs},)),
     Option("--demo", ("demo",), "use a generated synthetic data set (not medical)", "data", {"action": "store_true"}),
     Option("--split-file", ("split_file",), "reuse a split.csv, or a folder of TB-Net style split CSVs", "data",
            {"type": Path}, lambda v: (_absolute(v),)),
@@ -121,6 +137,9 @@ OPTIONS = [
            "search", {"action": "append", "type": _resource, "metavar": "NAME=AMOUNT"}, lambda v: (dict(v),)),
     Option("--metric", ("metric",), "the validation metric the search optimises", "search",
            {"choices": ["val_auroc", "val_loss", "val_f1", "val_accuracy", "val_sensitivity", "val_specificity"]}),
+    Option("--selection", ("selection",), "how validation ranks a configuration: " + "; ".join(
+           f"{k}: {v}" for k, v in SELECTIONS.items()) + " (default: pooled with one source, worst-source with "
+           "more)", "search", {"choices": list(SELECTIONS)}),
     Option("--mode", ("mode",), "default: min for val_loss, else max", "search", {"choices": ["max", "min"]}),
     Option("--grace-period", ("grace_period",), "ASHA: epochs before a stop", "search", {"type": _positive}),
     Option("--reduction-factor", ("reduction_factor",), "ASHA: keep the best 1/N of the trials at each rung", "search",
@@ -196,8 +215,13 @@ def given_options(argv: list[str] | None) -> dict[str, tuple[str, ...]]:
 
 def check(args: argparse.Namespace) -> None:
     """What argparse can't see: contradictions and ranges; each a UserError naming the option."""
-    if args.data is not None and args.demo:
+    if args.data and args.demo:
         raise UserError("--data and --demo exclude each other")
+    if len({name for name, _ in args.data}) < len(args.data):
+        raise UserError("--data names must differ: name each source, --data NAME=PATH")
+    sources = len(args.data) or int(args.demo)
+    if args.selection not in (None, "pooled") and not args.resume and sources < 2:
+        raise UserError(f"--selection {args.selection} compares sources: give two or more --data (one given)")
     for flag, (lo, hi) in (("--lr-range", args.lr_range), ("--weight-decay-range", args.weight_decay_range)):
         if not 0 < lo <= hi < math.inf:  # NaN fails every comparison, inf only the last
             raise UserError(f"{flag} needs 0 < MIN <= MAX, both finite, got {lo} {hi}")
@@ -227,6 +251,8 @@ def to_config(args: argparse.Namespace) -> SearchConfig:
     config = {k: v for k, v in values.items() if not k.startswith("space.")}
     config["name"] = config["name"] or runfolder.default_name()
     config["mode"] = config["mode"] or ("min" if config["metric"] == "val_loss" else "max")
+    if not config["resume"]:  # a resume keeps the rule its search started with (search.json)
+        config["selection"] = config["selection"] or ("worst-source" if len(config["data"]) > 1 else "pooled")
     return SearchConfig(space=space, **config)
 
 

@@ -24,18 +24,23 @@ def path_for(cache_dir: Path, key: str, size: int) -> Path:
     return Path(cache_dir) / f"{key}-{size}-{dataset.DECODING}.npy"
 
 
-def _decode(root: Path, rel: str, sizes: list[int]) -> list[np.ndarray]:
+def _decode(file: Path, sizes: list[int]) -> list[np.ndarray]:
     """One decode, every size; a file gone or broken since the data were checked is a UserError naming it."""
     try:
-        gray = dataset.load_gray(root / rel)
+        gray = dataset.load_gray(file)
     except (OSError, ValueError) as exc:
-        raise UserError(f"{root / rel}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}; it was "
+        raise UserError(f"{file}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}; it was "
                         "usable when the data were checked: restore it, or start a new search without it")
     return [dataset.resize(gray, s) for s in sizes]
 
 
-def build(root: Path, split: pd.DataFrame, sizes: list[int], cache_dir: Path, threads: int | None = None) -> dict[int, Path]:
-    """Make the missing arrays (rows in `split` order) and return the file of each size."""
+def build(root: Path | list[Path], split: pd.DataFrame, sizes: list[int], cache_dir: Path,
+          threads: int | None = None) -> dict[int, Path]:
+    """Make the missing arrays (rows in `split` order) and return the file of each size.
+
+    `root`: the folder split's paths are relative to, or (several sources) each row's file.
+    """
+    files = root if isinstance(root, list) else [Path(root) / rel for rel in split["path"]]
     key = dataset.split_hash(split)
     paths = {s: path_for(cache_dir, key, s) for s in sorted(set(sizes))}
     todo = [s for s, p in paths.items() if not p.exists()]
@@ -43,7 +48,7 @@ def build(root: Path, split: pd.DataFrame, sizes: list[int], cache_dir: Path, th
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         arrays = {s: np.empty((len(split), s, s), dtype=np.uint8) for s in todo}
         with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-            decoded = pool.map(lambda rel: _decode(root, rel, todo), split["path"])
+            decoded = pool.map(lambda file: _decode(file, todo), files)
             sizes = ", ".join(f"{s} px" for s in todo)
             for i, images in enumerate(progress.track(decoded, len(split), "decoded for the cache", f"at {sizes}")):
                 for s, image in zip(todo, images):
@@ -67,3 +72,10 @@ def subset(split: pd.DataFrame, images: np.ndarray, which: str) -> dict:
     """The images (uint8 [N, S, S]) and labels (int64 [N]) of one split, copied into RAM."""
     rows = np.flatnonzero(split["split"].to_numpy() == which)
     return {"images": np.ascontiguousarray(images[rows]), "labels": split["label"].to_numpy()[rows].astype(np.int64)}
+
+
+def subset_by_source(split: pd.DataFrame, images: np.ndarray, which: str, names: list[str]) -> dict:
+    """`subset`, plus each image's source as its index in `names` (int64 [N]), for per-source figures."""
+    rows = split["split"].to_numpy() == which
+    codes = split["source"].map({name: i for i, name in enumerate(names)}).to_numpy(np.int64)
+    return {**subset(split, images, which), "sources": codes[rows]}

@@ -200,15 +200,22 @@ def discover(path: Path, min_side: int = 64, threads: int | None = None) -> Disc
 
 
 def make_split(files: pd.DataFrame, seed: int) -> pd.DataFrame:
-    """Stratified, seeded 70/20/10 split that keeps exact and near duplicates in one split."""
+    """Seeded 70/20/10 split, stratified by class (and by source, when `files` has a source column), that
+    keeps exact and near duplicates in one split, across sources too."""
     groups = duplicates.duplicate_groups(files["sha256"].tolist(), files["phash"].tolist())
-    # One row per duplicate group; a group is TB if any member is, so leakage can't hide a TB copy.
-    reps = pd.DataFrame({"group": groups, "label": files["label"].to_numpy()}).groupby("group")["label"].max()
-    if reps.value_counts().min() < 10:
-        raise UserError(f"too few images to split: {reps.value_counts().to_dict()} (need 10 per class)")
-    train, rest = train_test_split(reps.index, train_size=FRACTIONS["train"], stratify=reps, random_state=seed)
+    # One row per duplicate group; a group is TB if any member is, so leakage can't hide a TB copy, and
+    # belongs to its first member's source.
+    members = pd.DataFrame({"group": groups, "label": files["label"].to_numpy(),
+                            "source": files["source"].to_numpy() if "source" in files else ""})
+    reps = members.groupby("group").agg(label=("label", "max"), source=("source", "first"))
+    strata = reps["source"].astype(str) + ":" + reps["label"].map({0: "Normal", 1: "TB"})
+    if strata.value_counts().min() < 10:
+        shown = {k.lstrip(":"): int(v) for k, v in strata.value_counts().items()}
+        raise UserError(f"too few images to split: {shown} (need 10 per class" +
+                        (" in each source)" if "source" in files and files["source"].nunique() > 1 else ")"))
+    train, rest = train_test_split(reps.index, train_size=FRACTIONS["train"], stratify=strata, random_state=seed)
     test_share = FRACTIONS["test"] / (FRACTIONS["test"] + FRACTIONS["val"])
-    test, val = train_test_split(rest, train_size=test_share, stratify=reps[rest], random_state=seed)
+    test, val = train_test_split(rest, train_size=test_share, stratify=strata[rest], random_state=seed)
     split_of = {**{g: "train" for g in train}, **{g: "test" for g in test}, **{g: "val" for g in val}}
     out = files.copy()
     out["split"] = [split_of[g] for g in groups]
@@ -216,9 +223,11 @@ def make_split(files: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 
 def write_split(split: pd.DataFrame, path: Path) -> None:
-    """split.csv: path relative to the data root, label, split (train/val/test), sha256, and the perceptual
-    hash that lets a later external set be checked for copies of these images without the data at hand."""
-    split[SPLIT_COLUMNS + ["phash"]].to_csv(path, index=False)
+    """split.csv: path relative to the data root, source (the --data it came from), label, split
+    (train/val/test), sha256, and the perceptual hash that lets a later external set be checked for copies
+    of these images without the data at hand."""
+    columns = SPLIT_COLUMNS[:1] + (["source"] if "source" in split else []) + SPLIT_COLUMNS[1:] + ["phash"]
+    split[columns].to_csv(path, index=False)
 
 
 def read_table(csv: Path, needed: list[str], what: str, dtype=None) -> pd.DataFrame:
@@ -239,7 +248,14 @@ def read_split(csv: Path, files: pd.DataFrame) -> pd.DataFrame:
     saved = saved.drop(columns=["phash"], errors="ignore")
     if bad := set(saved["split"]) - set(FRACTIONS):
         raise UserError(f"{csv}: unknown split value(s) {', '.join(sorted(map(str, bad)))}")
-    merged = saved.merge(files[["path", "sha256", "phash"]], on="path", how="left", suffixes=("", "_now"))
+    if "source" in saved and "source" in files:  # a split made before sources had no such column
+        sources = set(saved["source"].astype(str))
+        if unknown := sources - set(files["source"]):
+            raise UserError(f"{csv}: the split names source(s) {', '.join(sorted(unknown))}, not among this "
+                            f"search's --data ({', '.join(sorted(set(files['source'])))})")
+        saved = saved.drop(columns=["source"])
+    now = files[["path", "sha256", "phash"] + (["source"] if "source" in files else [])]
+    merged = saved.merge(now, on="path", how="left", suffixes=("", "_now"))
     if merged["sha256_now"].isna().any():
         gone = merged.loc[merged["sha256_now"].isna(), "path"]
         raise UserError(f"{csv}: {len(gone)} file(s) in the split are missing or unusable now, first {gone.iloc[0]}")

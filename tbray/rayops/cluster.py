@@ -170,6 +170,8 @@ def plan(cfg: SearchConfig, info: dict) -> Plan:
     # Fractions: a packed trial never spans two GPUs, so count per GPU (0.3 -> 3 per GPU, not 3.33).
     fits = min(packing.trials_per_gpus(reachable(name), amount) if name == "GPU" else int(reachable(name) // amount)
                for name, amount in demand.items() if amount > 0)
+    # Leave-source-out runs one Train run per source in each trial (tbray.train.driver.folds_trial).
+    fits //= len(cfg.data) if cfg.selection == "leave-source-out" else 1
     return Plan(workers_per_trial=workers, use_gpu=wanted > 0, max_concurrent=cfg.max_concurrent or max(1, fits),
                 cluster_gpus=float(have.get("GPU", 0)), cluster_cpus=float(have.get("CPU", 0)), nodes=info["nodes"],
                 gpus_per_worker=gpu_split.gpus_per_worker or 1.0)

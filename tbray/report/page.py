@@ -11,7 +11,7 @@ import pandas as pd
 
 from tbray import CLASS_NAMES
 from tbray.data.duplicates import NEAR_DUPLICATE_MAX_DISTANCE
-from tbray.report import audit_section, confound_section, external_section
+from tbray.report import audit_section, confound_section, external_section, sources_section
 
 DEMO_BANNER = "SYNTHETIC DEMO DATA — NOT MEDICAL"
 DUPLICATE_METHOD = (
@@ -265,7 +265,7 @@ def markdown(report: dict) -> str:
     if report["demo"]:
         lines += [f"> **{DEMO_BANNER}**", ""]
     sections = (
-        _headline_section(ev), confound_section.section(report["data_summary"]), _threshold_section(ev),
+        sources_section.section(report), _headline_section(ev), confound_section.section(report["data_summary"]), _threshold_section(ev),
         _who_section(ev),
         external_section.section(report.get("external") or {}, external_section.internal_summary(ev)),
         audit_section.section(report),

@@ -96,7 +96,8 @@ def _write_plots(run_dir: Path, evaluation: dict, test_labels, test_scores,
 
 
 def build(*, evaluation: dict, val_labels, val_scores, trials: pd.DataFrame, history: pd.DataFrame,
-          best: dict, config: dict, data_summary: dict, external: dict | None = None) -> dict:
+          best: dict, config: dict, data_summary: dict, external: dict | None = None,
+          sources: dict | None = None) -> dict:
     """Return the JSON-safe report dict written to report.json."""
     threshold = evaluation["threshold"]
     return _json_safe({
@@ -110,12 +111,13 @@ def build(*, evaluation: dict, val_labels, val_scores, trials: pd.DataFrame, his
         "config": config,
         "data_summary": data_summary,
         "external": external or {},
+        "sources": sources,
     })
 
 
 def write(run_dir: Path, *, evaluation: dict, val_labels, val_scores, test_labels, test_scores,
           trials: pd.DataFrame, history: pd.DataFrame, study: optuna.Study | None, best: dict,
-          config: dict, data_summary: dict, external: dict | None = None) -> dict:
+          config: dict, data_summary: dict, external: dict | None = None, sources: dict | None = None) -> dict:
     """Write report.json, report.md, classification_report.txt and all plots; return the report."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,8 @@ def write(run_dir: Path, *, evaluation: dict, val_labels, val_scores, test_label
     (run_dir / "classification_report.txt").write_text(
         classification_text(test_labels, test_scores, evaluation), encoding="utf-8")
     report = build(evaluation=evaluation, val_labels=val_labels, val_scores=val_scores, trials=trials,
-                   history=history, best=best, config=config, data_summary=data_summary, external=external)
+                   history=history, best=best, config=config, data_summary=data_summary, external=external,
+                   sources=sources)
     return publish(run_dir, report)
 
 

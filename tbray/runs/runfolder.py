@@ -19,7 +19,7 @@ from typing import IO
 import pandas as pd
 
 from tbray.config import SearchConfig, SearchSpace
-from tbray.data import dataset, demo, duplicates, external_split
+from tbray.data import dataset, demo, duplicates, external_split, sources
 from tbray.errors import UserError
 
 LOCK = ".lock"  # held (flock) by the search using the folder; not part of the run's content
@@ -31,18 +31,34 @@ _held: dict[Path, IO] = {}  # this process's locks by run folder, released by `r
 class Prepared:
     """The data a search trains and tests on, as fixed in split.csv."""
 
-    root: Path
-    split: pd.DataFrame  # path, label, split, sha256, phash
-    skipped: pd.DataFrame  # path, reason
+    roots: dict[str, Path]  # source name -> the folder holding its Normal/ and Tuberculosis/
+    split: pd.DataFrame  # path, label, split, sha256, phash, source
+    skipped: pd.DataFrame  # path, reason, source
     ignored: list[str]
     cross_split_duplicates: pd.DataFrame
+    cross_source_duplicates: pd.DataFrame  # pairs from different sources (each pair within one split)
     confound: dict | None = None  # what acquisition alone tells apart (tbray.data.confound), once measured
+
+    @property
+    def names(self) -> list[str]:
+        """The sources, in the order --data gave them."""
+        return list(self.roots)
+
+    def files(self) -> list[Path]:
+        """Every row's file on disk, in split order."""
+        return sources.files_of(self.split, self.roots)
 
     def summary(self) -> dict:
         """Counts per split and class, skipped and ignored files, duplicates: for the report."""
         counts = self.split.groupby(["split", "label"]).size()
+        table = sources.counts(self.split)
         return {
-            "data_root": str(self.root),
+            "data_root": "; ".join(str(r) for r in self.roots.values()) if len(self.roots) == 1 else
+                         "; ".join(f"{n}={r}" for n, r in self.roots.items()),
+            "sources": {name: str(root) for name, root in self.roots.items()},
+            "source_counts": [{"source": s, "class": c, **{k: int(v) for k, v in row.items()}}
+                              for (s, c), row in table.iterrows()],
+            "cross_source_duplicates": sources.duplicate_summary(self.cross_source_duplicates),
             "counts": {f"{s}_{'tb' if y else 'normal'}": int(n) for (s, y), n in counts.items()},
             "skipped": int(len(self.skipped)),
             "skipped_files": self.skipped.to_dict("records"),
@@ -97,8 +113,13 @@ def load_config(run_dir: Path) -> SearchConfig:
     try:
         saved = json.loads(path.read_text())
         saved["space"] = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["space"].items()})
-        for key in ("data", "split_file", "results", "weights"):
+        for key in ("split_file", "results", "weights"):
             saved[key] = Path(saved[key]) if saved[key] is not None else None
+        data = saved.get("data") or {}
+        # Before several sources, "data" was one folder: its source is named by the folder, as --data PATH is.
+        saved["data"] = {Path(data).name: Path(data)} if isinstance(data, str) else {
+            name: Path(folder) for name, folder in data.items()}
+        saved.setdefault("selection", "pooled")
         saved["external"] = {name: Path(folder) for name, folder in saved.get("external", {}).items()}
         names = {f.name for f in dataclasses.fields(SearchConfig)}
         return SearchConfig(**{k: v for k, v in saved.items() if k in names})
@@ -163,18 +184,36 @@ def for_resume(cfg: SearchConfig, given: dict[str, tuple[str, ...]] | None = Non
     # the trials live under the saved name in that storage, which moving the local folder did not rename.
     name = saved.name if saved.storage else cfg.name
     return dataclasses.replace(saved, name=name, resume=True, results=cfg.results, address=cfg.address,
-                               num_cpus=cfg.num_cpus, data=cfg.data or saved.data,
+                               num_cpus=cfg.num_cpus, data=_resumed_data(saved.data, cfg.data, run_dir),
                                mlflow_uri=cfg.mlflow_uri or saved.mlflow_uri,
                                shortcut_audit=cfg.shortcut_audit or saved.shortcut_audit)
 
 
-def data_root(cfg: SearchConfig) -> Path:
-    """The folder to read: the user's, or the synthetic demo set generated on first use."""
+def _resumed_data(saved: dict[str, Path], given: dict[str, Path], run_dir: Path) -> dict[str, Path]:
+    """The sources' folders for a resume: as saved, or where --data says they are now (same sources)."""
+    if not given:
+        return saved
+    if len(saved) == len(given) == 1:  # one source moved and maybe renamed: it keeps its saved name
+        return {next(iter(saved)): next(iter(given.values()))}
+    if set(given) != set(saved):
+        raise UserError(f"--resume: --data names {', '.join(given)}, but {run_dir / 'search.json'} has "
+                        f"{', '.join(saved)}; name the same sources (--data NAME=PATH)")
+    return {name: given[name] for name in saved}
+
+
+def data_roots(cfg: SearchConfig) -> dict[str, Path]:
+    """The folders to read, by source: the user's, or the synthetic demo set generated on first use."""
     if cfg.demo:
-        return demo.make(Path(cfg.results) / "demo-data", seed=0)
-    if cfg.data is None:
+        return {"demo": demo.make(Path(cfg.results) / "demo-data", seed=0)}
+    if not cfg.data:
         raise UserError("no data: pass --data PATH (the folder with Normal/ and Tuberculosis/) or --demo")
-    return Path(cfg.data)
+    return {name: Path(folder) for name, folder in cfg.data.items()}
+
+
+def discover(cfg: SearchConfig) -> tuple[dict[str, Path], dataset.Discovery]:
+    """Every source checked (tbray.data.dataset.discover), then as one Discovery; the roots by source."""
+    found = {name: dataset.discover(folder, min_side=cfg.min_image_size) for name, folder in data_roots(cfg).items()}
+    return {name: d.root for name, d in found.items()}, sources.combine(found)
 
 
 def choose_split(cfg: SearchConfig, found: dataset.Discovery) -> pd.DataFrame:
@@ -183,7 +222,7 @@ def choose_split(cfg: SearchConfig, found: dataset.Discovery) -> pd.DataFrame:
     if cfg.resume:
         split = dataset.read_split(saved, found.files)
         if len(split) != len(found.files):
-            raise UserError(f"{cfg.data}: the data set changed since this search started "
+            raise UserError(f"{', '.join(map(str, cfg.data.values()))}: the data set changed since this search started "
                             f"({len(found.files)} usable files now, {len(split)} in {saved}); resume refused")
         return split
     if cfg.split_file is not None:
@@ -203,7 +242,8 @@ def _external(split_file: Path, found: dataset.Discovery) -> pd.DataFrame:
         print(f"tbray: WARNING {len(missing)} file(s) named in {split_file} are missing on disk, "
               f"e.g. {', '.join(missing[:5])}")
     print(f"tbray: external split {split_file}: {len(matched)} files matched, {unused} on disk not used")
-    return matched.merge(found.files[["path", "sha256", "phash"]], on="path", how="left", suffixes=("", "_found"))
+    return matched.merge(found.files[["path", "sha256", "phash", "source"]], on="path", how="left",
+                         suffixes=("", "_found"))
 
 
 def lock(run_dir: Path) -> None:
@@ -251,9 +291,10 @@ def prepare(cfg: SearchConfig) -> Prepared:
     run_dir = path(cfg)
     _check_writable(Path(cfg.results))
     _refuse_taken(cfg, run_dir)  # early, so a taken name costs no data scan
-    found = dataset.discover(data_root(cfg), min_side=cfg.min_image_size)
+    roots, found = discover(cfg)
     split = choose_split(cfg, found)
     pairs = duplicates.cross_split_duplicates(split[["path", "split", "sha256", "phash"]])
+    across = sources.cross_source_duplicates(split)
     lock(run_dir)
     if _refuse_taken(cfg, run_dir):  # again under the lock: a search with this name may have started meanwhile
         print(f"tbray: {run_dir} holds no trial (an earlier start stopped before its first); starting over there")
@@ -261,7 +302,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
         dataset.write_split(split, run_dir / "split.csv")
         (run_dir / "search.json").write_text(json.dumps(cfg.to_json(), indent=2))
     found.skipped.to_csv(run_dir / "skipped.csv", index=False)
-    prepared = Prepared(found.root, split, found.skipped, found.ignored, pairs)
+    prepared = Prepared(roots, split, found.skipped, found.ignored, pairs, across)
     _announce(prepared)
     return prepared
 
@@ -285,8 +326,14 @@ def _check_writable(results: Path) -> None:
 def _announce(p: Prepared) -> None:
     """Tell the user what was found, skipped, ignored and duplicated: nothing is dropped silently."""
     counts = p.split.groupby(["split", "label"]).size().unstack(fill_value=0)
-    print(f"tbray: data {p.root}: " + ", ".join(
+    where = next(iter(p.roots.values())) if len(p.roots) == 1 else f"{len(p.roots)} sources"
+    print(f"tbray: data {where}: " + ", ".join(
         f"{s} {counts.loc[s, 0]} Normal + {counts.loc[s, 1]} TB" for s in ("train", "val", "test") if s in counts.index))
+    if len(p.roots) > 1:
+        print("tbray: images per source, class and split:\n" + sources.counts_text(p.split))
+        for row in sources.duplicate_summary(p.cross_source_duplicates):
+            print(f"tbray: {row['pairs']} {row['kind']} duplicate pair(s) between sources {row['sources'][0]} and "
+                  f"{row['sources'][1]}, each kept within one split")
     if len(p.skipped):
         print(f"tbray: skipped {len(p.skipped)} file(s) (listed in skipped.csv):")
         for row in p.skipped.head(20).itertuples():

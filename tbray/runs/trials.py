@@ -80,13 +80,13 @@ def collect(grid: ResultGrid, cfg: SearchConfig) -> tuple[pd.DataFrame, pd.DataF
         if "checkpoint_path" in h:
             h["checkpoint_path"] = h["checkpoint_path"].map(lambda p: rebased(p, root))
         if len(h):
-            frames.append(h[[c for c in HISTORY if c in h]])
+            frames.append(h[[c for c in HISTORY if c in h] + [c for c in h if c not in HISTORY and _by_source(c)]])
         config = result.config or {}
         row = {"trial_id": trial_id, "status": _status(result, h), **{p: config.get(p) for p in PARAMS},
                "epochs_done": int(h["epoch"].max()) if len(h) else 0}
         if len(h):
             top = _ranked(h, cfg).iloc[0]
-            row |= {f"best_{cfg.metric}": top[cfg.metric], "best_epoch": int(top["epoch"])}
+            row |= {f"best_{cfg.objective}": top[cfg.objective], "best_epoch": int(top["epoch"])}
             row |= {f"last_{k}": h.iloc[-1][k] for k in h if k.startswith("val_")}
             row["checkpoint_path"] = top.get("checkpoint_path")
         row["error"] = _error(result)
@@ -97,8 +97,14 @@ def collect(grid: ResultGrid, cfg: SearchConfig) -> tuple[pd.DataFrame, pd.DataF
 
 def _ranked(history: pd.DataFrame, cfg: SearchConfig) -> pd.DataFrame:
     """Best first: the metric, then lower validation loss, then the earlier epoch."""
-    return history.sort_values([cfg.metric, "val_loss", "epoch"], ascending=[cfg.mode == "min", True, True],
+    tie = "val_loss" if "val_loss" in history else cfg.objective  # leave-source-out reports heldout_* only
+    return history.sort_values([cfg.objective, tie, "epoch"], ascending=[cfg.mode == "min", True, True],
                                kind="stable")
+
+
+def _by_source(column: str) -> bool:
+    """A per-source figure (val_auroc/<source>) or one a selection rule ranks by (worst_*, heldout_*, best_*)."""
+    return column.startswith(("worst_", "heldout_", "best_")) or (column.startswith("val_") and "/" in column)
 
 
 def write(run_dir: Path, table: pd.DataFrame, history: pd.DataFrame) -> None:
@@ -140,7 +146,20 @@ def best(table: pd.DataFrame, history: pd.DataFrame, cfg: SearchConfig) -> dict 
     row = table.set_index("trial_id").loc[top["trial_id"]]
     params = {p: int(row[p]) if p in ("epochs", "batch_size", "image_size") else float(row[p]) for p in PARAMS}
     return {"trial_id": top["trial_id"], "epoch": int(top["epoch"]), "params": params,
-            "checkpoint": top["checkpoint_path"], "metric": cfg.metric, "value": float(top[cfg.metric])}
+            "checkpoint": top["checkpoint_path"], "metric": cfg.objective, "value": float(top[cfg.objective])}
+
+
+def best_config(table: pd.DataFrame, history: pd.DataFrame, cfg: SearchConfig) -> dict | None:
+    """Leave-source-out: the best configuration by its folds' mean (no checkpoint: it is trained again), with
+    each left-out source's figures at that epoch."""
+    if not len(history) or cfg.objective not in history:
+        return None
+    top = _ranked(history.dropna(subset=[cfg.objective]), cfg).iloc[0]
+    row = table.set_index("trial_id").loc[top["trial_id"]]
+    params = {p: int(row[p]) if p in ("epochs", "batch_size", "image_size") else float(row[p]) for p in PARAMS}
+    per_source = {c: float(top[c]) for c in history if _by_source(c) and "/" in c and pd.notna(top[c])}
+    return {"trial_id": top["trial_id"], "epoch": int(top["epoch"]), "params": params, "metric": cfg.objective,
+            "value": float(top[cfg.objective]), "left_out": per_source}
 
 
 def load_best(checkpoint: str, cfg: SearchConfig) -> dict:
@@ -156,3 +175,8 @@ def _local_copy(path: str, filesystem) -> Path:
     target = Path(tempfile.mkdtemp(prefix="tbray-best-"))
     pyarrow.fs.copy_files(path, str(target), source_filesystem=filesystem)
     return target
+
+
+def write_refit(run_dir: Path, history: pd.DataFrame) -> None:
+    """refit_history.csv: the epochs of leave-source-out's run of the chosen configuration on every source."""
+    history.to_csv(run_dir / "refit_history.csv", index=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 from ray import tune
 
-from tbray.config import SearchConfig
+from tbray.config import SearchConfig, objective
 from tbray.runs.trials import PARAMS
 
 TABLE_EVERY_S = 60  # one progress table a minute: an epoch of the demo takes ~10 s, a real one minutes
@@ -31,10 +31,10 @@ def reporter(cfg: SearchConfig) -> tune.CLIReporter:
     asks for that one (RAY_AIR_NEW_OUTPUT=0 is the switch Tune documents for it).
     """
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    metric = f"best_{cfg.metric}"
-    columns = {"epoch": "epoch", cfg.metric: cfg.metric, metric: metric}
-    if cfg.metric != "val_auroc":
-        columns["val_auroc"] = "val_auroc"
+    metric = f"best_{cfg.objective}"
+    columns = {"epoch": "epoch", cfg.objective: cfg.objective, metric: metric}
+    auroc = objective("val_auroc", cfg.selection or "pooled")  # as the selection rule measures it
+    columns.setdefault(auroc, auroc)
     return tune.CLIReporter(metric_columns=columns, parameter_columns=PARAMS, max_report_frequency=TABLE_EVERY_S,
                             print_intermediate_tables=True, sort_by_metric=True,  # by TuneConfig's metric
                             max_progress_rows=50)

@@ -47,17 +47,38 @@ def run(cfg: SearchConfig, prepared: runfolder.Prepared, arrays: dict, best: dic
     saved = save_model(run_dir / "best_model.pt", state, best, evaluation)
     export.beside(saved, run_dir, parts["test"]["images"])  # model.onnx, checked on test images against PyTorch
     pd.DataFrame({"path": prepared.split.loc[prepared.split["split"] == "test", "path"].to_numpy(),
+                  "source": prepared.split.loc[prepared.split["split"] == "test", "source"].to_numpy(),
                   "label": parts["test"]["labels"], "score": scores["test"]}).to_csv(run_dir / "test_scores.csv", index=False)
     outside = score_externals(externals or [], saved, cfg, run_dir)
     curves = {"internal test": (parts["test"]["labels"], scores["test"], evaluation["threshold"]), **outside["curves"]}
     if outside["records"]:
         plots.roc_curves_png(curves, run_dir / "roc_external.png")
     study = optuna.load_study(study_name="tbray", storage=f"sqlite:///{runfolder.study_path(cfg)}")
+    test_sources = prepared.split.loc[prepared.split["split"] == "test", "source"].to_numpy()
+    by_source = assess.by_source(parts["test"]["labels"], scores["test"], test_sources, evaluation["threshold"],
+                                 seed=cfg.seed)
+    print_by_source(by_source)
     return run_report.write(
         run_dir, evaluation=evaluation, val_labels=parts["val"]["labels"], val_scores=scores["val"],
         test_labels=parts["test"]["labels"], test_scores=scores["test"], trials=table, history=history,
         study=study, best=best, config=cfg.to_json(), data_summary=prepared.summary(), external=outside["records"],
+        sources={"names": prepared.names, "selection": cfg.selection or "pooled", "test": by_source,
+                 "chosen": best.get("selection")},
     )
+
+
+def print_by_source(by_source: dict) -> None:
+    """One console line per source (several sources only): its test AUROC, sensitivity and specificity."""
+    if len(by_source) < 2:
+        return
+    for name, r in by_source.items():
+        if "error" in r:
+            print(f"tbray: test {name}: {r['error']}")
+            continue
+        show = {k: f"{r[k]['value']:.3f} [{r[k]['ci_low']:.3f}, {r[k]['ci_high']:.3f}]" if r[k]["value"] is not None
+                else "n/a" for k in ("auroc", "sensitivity", "specificity")}
+        print(f"tbray: test {name} ({r['n']} images, {r['n_tb']} TB): AUROC {show['auroc']}, sensitivity "
+              f"{show['sensitivity']}, specificity {show['specificity']}")
 
 
 def score_externals(externals: list, saved: dict, cfg: SearchConfig, run_dir: Path) -> dict:

@@ -28,7 +28,7 @@ from tbray.model import factory as tbmodel
 from tbray.rayops import cluster, interrupt, placement
 from tbray.report import page
 from tbray.runs import runfolder, trials
-from tbray.search import console, final, tracking
+from tbray.search import console, final, refit, tracking
 from tbray.search.study import LabelledOptunaSearch, RunFolderStorage, check_resumable, check_startable
 from tbray.train import trainable as trainables
 
@@ -38,7 +38,7 @@ def make_tuner(cfg: SearchConfig, trainable, storage: str, max_concurrent: int) 
     study = RunFolderStorage(f"sqlite:///{runfolder.study_path(cfg)}")
     # Optuna, ASHA and the best-trial choice all see the trial's best epoch so far (best_<metric>), so the
     # value Optuna learns from is the value the final choice ranks by, not whatever the last epoch gave.
-    metric = f"best_{cfg.metric}"
+    metric = f"best_{cfg.objective}"
     searcher = LabelledOptunaSearch(metric=metric, mode=cfg.mode, storage=study, study_name="tbray", seed=cfg.seed)
     max_t = max(cfg.space.epochs)
     scheduler = ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(cfg.grace_period, max_t),
@@ -105,12 +105,14 @@ def search(cfg: SearchConfig) -> int:
     interrupt.install()  # over the handlers ray.init and Ray's core put on SIGTERM, which abort the driver
 
     # Decode once: one uint8 array per image size, shared with every trial through the object store.
-    arrays = cache.build(prepared.root, prepared.split, list(cfg.space.image_sizes), runfolder.cache_dir(cfg))
+    arrays = cache.build(prepared.files(), prepared.split, list(cfg.space.image_sizes), runfolder.cache_dir(cfg))
     prepared.confound = check_confounds(cfg, prepared, arrays)
     print(f"tbray: weights from {source}; {plan.describe()}")
+    print(f"tbray: {refit.describe(cfg, prepared.names)}")
     try:
-        grid = fit(cfg, plan, prepared, arrays, state, tune_path)
-        return finish(cfg, grid, prepared, arrays, plan, externals)
+        refs = object_refs(prepared, arrays, state)
+        grid = fit(cfg, plan, refs, tune_path)
+        return finish(cfg, grid, prepared, arrays, plan, externals, refs)
     finally:
         console.keep_ray_logs(info["session_dir"], run_dir)
 
@@ -118,8 +120,8 @@ def search(cfg: SearchConfig) -> int:
 def check_confounds(cfg: SearchConfig, prepared: runfolder.Prepared, arrays: dict) -> dict:
     """What acquisition alone tells apart, before any trial (tbray.data.confound), from the smallest cached size."""
     split = prepared.split
-    record = confound.check(np.asarray(cache.load(arrays[min(arrays)])), [prepared.root / p for p in split["path"]],
-                            split["label"].to_numpy(), np.full(len(split), prepared.root.name), cfg.seed)
+    record = confound.check(np.asarray(cache.load(arrays[min(arrays)])), prepared.files(),
+                            split["label"].to_numpy(), split["source"].to_numpy(), cfg.seed)
     print(f"tbray: {confound.sentence(record)}")
     if text := confound.warning(record):
         print(f"tbray: WARNING {text}")
@@ -139,16 +141,20 @@ def accept_older_state() -> None:
         sys.modules.setdefault(name, module)
 
 
-def fit(cfg: SearchConfig, plan: cluster.Plan, prepared: runfolder.Prepared, arrays: dict, state: dict | None,
-        tune_path: str):
+def object_refs(prepared: runfolder.Prepared, arrays: dict, state: dict | None) -> dict:
+    """The training and validation images of each size (with their sources) and the pretrained weights, put
+    in Ray's object store once: every trial's workers read the one copy on their node."""
+    data = {size: ray.put({part: cache.subset_by_source(prepared.split, cache.load(p), part, prepared.names)
+                           for part in ("train", "val")}) for size, p in arrays.items()}
+    return {"data": data, "weights": ray.put(state) if state is not None else None}
+
+
+def fit(cfg: SearchConfig, plan: cluster.Plan, refs: dict, tune_path: str):
     """Every trial, through Tune (new, or restored on --resume); the ResultGrid."""
-    data_refs = {size: ray.put({part: cache.subset(prepared.split, cache.load(p), part) for part in ("train", "val")})
-                 for size, p in arrays.items()}
-    weights_ref = ray.put(state) if state is not None else None
     storage = runfolder.storage_root(cfg)
-    trainable = trainables.build(settings=trainables.train_settings(cfg, plan),
-                                 refs={"data": data_refs, "weights": weights_ref}, storage=f"{storage}/train",
-                                 metric=cfg.metric, mode=cfg.mode, max_failures=cfg.max_failures)
+    trainable = trainables.build(trainables.for_selection(cfg.selection), settings=trainables.train_settings(cfg, plan),
+                                 refs=refs, storage=f"{storage}/train", metric=cfg.objective, mode=cfg.mode,
+                                 max_failures=cfg.max_failures)
     if cfg.resume and tune.Tuner.can_restore(tune_path):
         RunFolderStorage.resumed_at = f"sqlite:///{runfolder.study_path(cfg)}"  # the folder may have moved
         accept_older_state()
@@ -168,7 +174,7 @@ def fit(cfg: SearchConfig, plan: cluster.Plan, prepared: runfolder.Prepared, arr
 
 
 def finish(cfg: SearchConfig, grid, prepared: runfolder.Prepared, arrays: dict, plan: cluster.Plan,
-           externals: list) -> int:
+           externals: list, refs: dict) -> int:
     """What the trials did, then (unless interrupted) the one evaluation of the best checkpoint."""
     table, history = trials.collect(grid, cfg)
     trials.write(runfolder.path(cfg), table, history)
@@ -178,7 +184,13 @@ def finish(cfg: SearchConfig, grid, prepared: runfolder.Prepared, arrays: dict, 
     if orphans := close_orphaned_trials(cfg):
         print(f"tbray: {orphans} Optuna trial(s) an interrupted session left RUNNING marked FAIL (their Tune "
               "trials were restarted under new Optuna trials)")
-    best = trials.best(table, history, cfg)
+    if cfg.selection == "leave-source-out":  # the chosen configuration, trained again on every source
+        best = refit.run(cfg, plan, refs, table, history)
+        if interrupt.requested():
+            print(f"tbray: search {interrupt.reason()}; continue with: {runfolder.resume_command(cfg)}")
+            return interrupt.exit_code()
+    else:
+        best = trials.best(table, history, cfg)
     if best is None:
         tracking.record(cfg, table, history, None)
         first = table["error"].dropna() if "error" in table else []

@@ -136,7 +136,7 @@ def record(cfg: SearchConfig, table: pd.DataFrame, history: pd.DataFrame, result
         for _, row in table.iterrows():
             epochs = history[history["trial_id"] == row["trial_id"]] if len(history) else history
             _trial_run(client, experiment_id, parent_id, row, epochs.sort_values("epoch") if len(epochs) else epochs)
-        settings = {"model": cfg.model, "metric": cfg.metric, "mode": cfg.mode, "num_samples": cfg.num_samples,
+        settings = {"model": cfg.model, "metric": cfg.objective, "selection": cfg.selection, "mode": cfg.mode, "num_samples": cfg.num_samples,
                     "target_sensitivity": cfg.target_sensitivity, "seed": cfg.seed}
         if result is None:
             _log(client, parent_id, settings, [])
@@ -145,7 +145,7 @@ def record(cfg: SearchConfig, table: pd.DataFrame, history: pd.DataFrame, result
         best = result["best"]
         params = {**settings, **best["params"], "best_trial_id": best["trial_id"], "best_epoch": best["epoch"]}
         now = int(time.time() * 1000)
-        values = {**_flat("test", result["evaluation"]), f"best_{cfg.metric}": best["value"],
+        values = {**_flat("test", result["evaluation"]), f"best_{best['metric']}": best["value"],
                   **{k: v for name, ext in (result.get("external") or {}).items()
                      for k, v in _flat(f"external_{name}", ext).items()}}
         _log(client, parent_id, params, [Metric(k, v, now, 0) for k, v in values.items()])

@@ -95,3 +95,23 @@ def site(labels, scores, threshold: float, target_sensitivity: float, seed: int 
                                                         "sensitivity_ci", "specificity", "specificity_ci")},
     }
 
+
+
+def by_source(labels, scores, sources, threshold: float, seed: int = 0, n_resamples: int = N_RESAMPLES) -> dict:
+    """Each source's test figures: AUROC, and sensitivity and specificity at the threshold, with 95% intervals.
+
+    A source whose test images hold one class has no AUROC; its record says why instead.
+    """
+    y, s, src = np.asarray(labels), np.asarray(scores, dtype=float), np.asarray(sources).astype(str)
+    out = {}
+    for name in dict.fromkeys(src):  # in order of first appearance
+        rows = src == name
+        record = {"n": int(rows.sum()), "n_tb": int(y[rows].sum())}
+        try:
+            record["auroc"] = ranking(y[rows], s[rows], seed, f"test images of {name}", n_resamples)["auroc"]
+            at = metrics.at_threshold(y[rows], s[rows], threshold, n_resamples=n_resamples, seed=seed)
+            record |= {k: at[k] for k in ("sensitivity", "specificity")}
+        except metrics.MetricsError as exc:
+            record["error"] = str(exc)
+        out[name] = record
+    return out

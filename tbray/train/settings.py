@@ -23,8 +23,10 @@ class TrainSettings:
     warmup_epochs: float = 1.0  # linear warm-up before the cosine decay
     eval_batch_size: int = EVAL_BATCH_SIZE
     seed: int = 0
-    metric: str = "val_loss"  # the search metric; each epoch also reports its best so far as best_<metric>
+    metric: str = "val_loss"  # the validation metric; each epoch also reports the best so far of the objective
     mode: str = "min"
+    selection: str = "pooled"  # how validation ranks a trial (tbray.config.SELECTIONS); sets the objective
+    sources: tuple[str, ...] = ()  # the search's sources, in the order of the codes the data carry
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # and whenever the metric improves, and at the last epoch
 
 
@@ -55,3 +57,4 @@ class TrialSpec:
     data: object  # ray.ObjectRef of {"train": {...}, "val": {...}} at params.image_size, one copy per node
     weights: object | None  # ray.ObjectRef of the pretrained backbone state dict, or None (random init)
     started: float  # time.time() when the trial started, for the start-up figure in the history
+    fold: int | None = None  # leave-source-out: the source (index) left out of training and validated on

@@ -20,7 +20,7 @@ from ray import tune
 
 from tbray.config import SearchConfig
 from tbray.model import factory as tbmodel
-from tbray.train.driver import trial
+from tbray.train.driver import folds_trial, trial
 from tbray.train.settings import TrainSettings
 
 if TYPE_CHECKING:
@@ -33,15 +33,22 @@ TRIAL_RESOURCES = {"CPU": 0, "memory": 2**20}
 
 
 def train_settings(cfg: SearchConfig, plan: Plan) -> TrainSettings:
-    """What every trial trains with: the model's own input statistics, the workers the plan allows."""
+    """What every trial trains with: the model's own input statistics, the workers the plan allows, how
+    validation ranks it over the search's sources (named as --data names them; the demo is one)."""
     mean, std = tbmodel.gray_stats(cfg.model)
     return TrainSettings(
         model=cfg.model, mean=mean, std=std,
         num_workers=plan.workers_per_trial, use_gpu=plan.use_gpu, gpus_per_worker=plan.gpus_per_worker,
         cpus_per_worker=cfg.cpus_per_worker,
         worker_resources=dict(cfg.worker_resources), seed=cfg.seed, metric=cfg.metric, mode=cfg.mode,
-        checkpoint_every=cfg.checkpoint_every,
+        checkpoint_every=cfg.checkpoint_every, selection=cfg.selection or "pooled",
+        sources=tuple(cfg.data) or ("demo",),
     )
+
+
+def for_selection(selection: str):
+    """The trial function of a selection rule: one Train run, or one per left-out source."""
+    return folds_trial if selection == "leave-source-out" else trial
 
 
 def build(trial_fn=trial, **parameters) -> type:

@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -19,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from tbray.config import objective
 from tbray.data.arrays import ArrayDataset, collate_batch
 from tbray.model import augment
 from tbray.model import factory as tbmodel
 from tbray.model.modelfile import load_checkpoint, save_checkpoint
 from tbray.model.scoring import score_loader
-from tbray.stats import metrics
+from tbray.stats import metrics, selection
 from tbray.train.settings import TrialSpec
 
 
@@ -36,17 +38,33 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
     return base_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def fold_data(data: dict, fold: int | None) -> dict:
+    """The images a trial trains and validates on: all of them, or (leave-source-out) training without the
+    left-out source and validation on it alone. Each part: images, labels, sources (codes; 0 if not given)."""
+    parts = {}
+    for part, arrays in data.items():
+        codes = arrays.get("sources", np.zeros(len(arrays["labels"]), dtype=np.int64))
+        if fold is None:  # the object store's shared copy, not one per worker
+            parts[part] = {"images": arrays["images"], "labels": arrays["labels"], "sources": codes}
+            continue
+        keep = codes != fold if part == "train" else codes == fold
+        parts[part] = {"images": arrays["images"][keep], "labels": arrays["labels"][keep], "sources": codes[keep]}
+    return parts
+
+
 def loaders(data: dict, batch_size: int, eval_batch_size: int, seed: int) -> tuple:
     """Training loader (sharded by Ray across workers) and the full validation loader."""
     world = ray.train.get_context().get_world_size()
     per_worker = max(1, batch_size // world)  # batch_size is the trial's global batch
-    train = DataLoader(ArrayDataset(**data["train"]), batch_size=per_worker, shuffle=True, drop_last=True,
+    train = DataLoader(ArrayDataset(data["train"]["images"], data["train"]["labels"]), batch_size=per_worker,
+                       shuffle=True, drop_last=True,
                        collate_fn=collate_batch, generator=torch.Generator().manual_seed(seed),
                        pin_memory=torch.cuda.is_available())  # pinned pages let the copy overlap compute
     train = ray.train.torch.prepare_data_loader(train)
     # Every worker scores the whole (small) validation set, so all ranks report identical metrics
     # without padding duplicates that a DistributedSampler would add.
-    val = DataLoader(ArrayDataset(**data["val"]), batch_size=eval_batch_size, collate_fn=collate_batch)
+    val = DataLoader(ArrayDataset(data["val"]["images"], data["val"]["labels"]), batch_size=eval_batch_size,
+                     collate_fn=collate_batch)
     return train, val
 
 
@@ -59,6 +77,7 @@ class Ready:
     train_loader: DataLoader
     val_loader: DataLoader
     pos_weight: torch.Tensor
+    val_sources: np.ndarray  # each validation image's source code, for per-source figures
     start_epoch: int  # 0, or the epoch of the checkpoint this worker resumed from
     best_so_far: float | None  # the trial's best metric up to start_epoch (None before any epoch)
     startup: dict  # startup_<phase>_s: seconds per start-up phase, reported with the first epoch
@@ -70,7 +89,7 @@ def get_ready(spec: TrialSpec, entered: float, imported: float) -> Ready:
     device = ray.train.torch.get_device()
     # Data: decoded once on the driver, one shared copy per node in the object store; pretrained weights
     # come resolved from the driver too, never downloaded here.
-    data = ray.get(spec.data)
+    data = fold_data(ray.get(spec.data), spec.fold)
     weights = ray.get(spec.weights) if spec.weights is not None else None
     fetched = time.time()
     train_loader, val_loader = loaders(data, params.batch_size, settings.eval_batch_size, settings.seed)
@@ -91,7 +110,8 @@ def get_ready(spec: TrialSpec, entered: float, imported: float) -> Ready:
         start_epoch, best_so_far = state["epoch"], state.get("best_so_far")
     startup = {"startup_worker_group_s": entered - spec.started, "startup_imports_s": imported - entered,
                "startup_data_s": fetched - imported, "startup_model_s": time.time() - fetched}
-    return Ready(model, optimizer, train_loader, val_loader, pos_weight, start_epoch, best_so_far, startup)
+    return Ready(model, optimizer, train_loader, val_loader, pos_weight, data["val"]["sources"], start_epoch,
+                 best_so_far, startup)
 
 
 def worker_loop(spec: TrialSpec, entered: float | None = None) -> None:
@@ -125,13 +145,29 @@ def worker_loop(spec: TrialSpec, entered: float | None = None) -> None:
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "startup_s": startup_s,
                "epoch_s": time.time() - epoch_start, "node_id": node_id,
                **{f"val_{k}": v for k, v in metrics.epoch_metrics(val_labels, scores).items()},
+               **by_source(settings, spec.fold, val_labels, scores, ready.val_sources),
                **(ready.startup if epoch == ready.start_epoch else {})}
-        previous, best_so_far = best_so_far, better(row[settings.metric], best_so_far, settings.mode)
-        row[f"best_{settings.metric}"] = best_so_far  # what Optuna and ASHA see: the trial's best epoch so far
+        goal = trial_objective(settings, spec.fold)
+        previous, best_so_far = best_so_far, better(row[goal], best_so_far, settings.mode)
+        row[f"best_{goal}"] = best_so_far  # what Optuna and ASHA see: the trial's best epoch so far
         # All ranks report the same metrics; rank 0 alone writes a checkpoint, and only on the epochs it must.
         save = rank == 0 and checkpoint_due(epoch + 1, params.epochs, settings.checkpoint_every,
                                             improved=best_so_far != previous)
         report(row, checkpoint_state(spec, model, optimizer, epoch + 1, best_so_far) if save else None)
+
+
+def trial_objective(settings, fold: int | None) -> str:
+    """What this Train run ranks its epochs by: the search's objective; a leave-source-out fold, its metric on
+    the left-out source (the fold's trial averages the folds)."""
+    return settings.metric if fold is not None else objective(settings.metric, settings.selection)
+
+
+def by_source(settings, fold: int | None, labels, scores, codes) -> dict:
+    """Per-source validation figures (val_<figure>/<source>) and, for worst-source, their worst (worst_val_*)."""
+    if fold is not None or len(settings.sources) < 2:
+        return {}
+    figures = selection.per_source(labels, scores, codes, list(settings.sources))
+    return selection.flat(figures) | selection.worst_source(figures)
 
 
 def checkpoint_due(epoch: int, epochs: int, every: int, improved: bool) -> bool:

@@ -1,0 +1,72 @@
+"""Leave-source-out on a local Ray with tiny data (issue 22): folds as Ray Train runs inside Tune trials,
+one number per configuration for Optuna, and the chosen configuration trained again on every source."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import optuna
+import pandas as pd
+import pytest
+
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def left_out_run(run_cli, ray_address, tmp_path_factory):
+    from tbray.data import demo
+
+    base = tmp_path_factory.mktemp("lso")
+    a = demo.make(base / "data" / "site-a", n_images=72, size=64, seed=1)
+    b = demo.make(base / "data" / "site-b", n_images=72, size=64, seed=2)
+    shutil.copy(a / "Tuberculosis" / "Tuberculosis-3.png", b / "Tuberculosis" / "copied-from-a.png")
+    done = run_cli("--data", a, "--data", f"b={b}", "--selection", "leave-source-out", "--results", base,
+                   "--name", "lso", "--num-samples", "2", "--address", ray_address, *TINY)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return base / "lso", done.stdout
+
+
+def test_each_configuration_trains_one_fold_per_source_and_optuna_sees_their_mean(left_out_run):
+    run, console = left_out_run
+    table = pd.read_csv(run / "trials.csv")
+    assert len(table) == 2
+    # Fold-to-trial mapping: every trial ran one Ray Train run per left-out source.
+    runs = {p.name for p in (run / "train").iterdir()}
+    for trial_id in table["trial_id"]:
+        assert {f"train-{trial_id}-without-site-a", f"train-{trial_id}-without-b"} <= runs
+    history = pd.read_csv(run / "history.csv")
+    assert {"heldout_val_loss", "val_loss/site-a", "val_loss/b", "best_heldout_val_loss"} <= set(history.columns)
+    means = (history["val_loss/site-a"] + history["val_loss/b"]) / 2
+    assert (history["heldout_val_loss"] - means).abs().max() < 1e-9
+    assert sorted(history.groupby("trial_id")["epoch"].max()) == [2, 2]
+    # Optuna saw one value per configuration: the best fold mean of its trial.
+    study = optuna.load_study(study_name="tbray", storage=f"sqlite:///{run / 'optuna.db'}")
+    values = sorted(t.value for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    assert values == pytest.approx(sorted(history.groupby("trial_id")["heldout_val_loss"].min()))
+    assert "2 configurations cost 4 runs, plus 1 on every source for the chosen one (5 in all" in console
+
+
+def test_the_chosen_configuration_is_trained_on_every_source_and_reported_per_source(left_out_run):
+    run, console = left_out_run
+    report = json.loads((run / "report.json").read_text())
+    history = pd.read_csv(run / "history.csv")
+    chosen = report["sources"]["chosen"]
+    top = history.loc[history["heldout_val_loss"].idxmin()]
+    assert chosen["chosen_trial_id"] == top["trial_id"] and chosen["value"] == pytest.approx(top["heldout_val_loss"])
+    assert set(chosen["left_out"]) >= {"val_auroc/site-a", "val_auroc/b"}
+    # The model tested is the refit on every source: its own trial, and its Train run, not a fold's.
+    refit = pd.read_csv(run / "refit_history.csv")
+    assert report["best"]["trial_id"] == refit["trial_id"].iloc[0] != chosen["chosen_trial_id"]
+    assert (run / "train" / f"train-{report['best']['trial_id']}").is_dir()
+    chosen_row = pd.read_csv(run / "trials.csv").set_index("trial_id").loc[chosen["chosen_trial_id"]]
+    assert report["best"]["params"] == pytest.approx({k: chosen_row[k] for k in report["best"]["params"]})
+    assert set(report["sources"]["test"]) == {"site-a", "b"}
+    assert sum(r["n"] for r in report["sources"]["test"].values()) == report["evaluation"]["n_test"]
+    page = (run / "report.md").read_text()
+    assert page.splitlines()[2] == "## Where the model trained, and how it did elsewhere"
+    split = pd.read_csv(run / "split.csv")
+    assert set(split["source"]) == {"site-a", "b"}
+    where = split.set_index("path")["split"]
+    assert where["site-a/Tuberculosis/Tuberculosis-3.png"] == where["b/Tuberculosis/copied-from-a.png"]
+    assert "tbray: test site-a (" in console and "tbray: test b (" in console
