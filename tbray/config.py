@@ -23,6 +23,9 @@ class SearchSpace:
     lr_max: float = 1e-3
     weight_decay_min: float = 1e-5  # decoupled weight decay (AdamW), log-uniform
     weight_decay_max: float = 1e-1
+    # Steps before the network (tbray.data.preprocess), searched when given more than "none":
+    preprocess: tuple[str, ...] = ("none",)  # contrast: none, equalize (histogram), clahe
+    crop: tuple[str, ...] = ("none",)  # none, or lungs (the lung-field prior's box)
 
     def param_space(self) -> dict:
         """The Tune search space that OptunaSearch converts to Optuna distributions."""
@@ -34,6 +37,9 @@ class SearchSpace:
             "image_size": tune.choice(list(self.image_sizes)),
             "lr": tune.loguniform(self.lr_min, self.lr_max),
             "weight_decay": tune.loguniform(self.weight_decay_min, self.weight_decay_max),
+            # Only when searched: a choice of one would show in every plot of parameter importance.
+            **({"preprocess": tune.choice(list(self.preprocess))} if self.preprocess != ("none",) else {}),
+            **({"crop": tune.choice(list(self.crop))} if self.crop != ("none",) else {}),
         }
 
 

@@ -21,8 +21,10 @@ def left_out_run(run_cli, ray_address, tmp_path_factory):
     a = demo.make(base / "data" / "site-a", n_images=72, size=64, seed=1)
     b = demo.make(base / "data" / "site-b", n_images=72, size=64, seed=2)
     shutil.copy(a / "Tuberculosis" / "Tuberculosis-3.png", b / "Tuberculosis" / "copied-from-a.png")
+    # The steps before the network are searched too (item 3): each trial draws its own.
     done = run_cli("--data", a, "--data", f"b={b}", "--selection", "leave-source-out", "--results", base,
-                   "--name", "lso", "--num-samples", "2", "--address", ray_address, *TINY)
+                   "--name", "lso", "--num-samples", "2", "--address", ray_address, *TINY,
+                   "--preprocess", "none,equalize,clahe", "--crop", "none,lungs")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return base / "lso", done.stdout
 
@@ -70,3 +72,27 @@ def test_the_chosen_configuration_is_trained_on_every_source_and_reported_per_so
     where = split.set_index("path")["split"]
     assert where["site-a/Tuberculosis/Tuberculosis-3.png"] == where["b/Tuberculosis/copied-from-a.png"]
     assert "tbray: test site-a (" in console and "tbray: test b (" in console
+
+
+def test_the_chosen_steps_travel_with_the_model_and_score_alike_everywhere(left_out_run):
+    from tbray.data import dataset
+    from tbray.model import export, modelfile
+    from tbray.predict import local
+    from tbray.predict.scorer import open_model
+
+    run, _ = left_out_run
+    table = pd.read_csv(run / "trials.csv")
+    assert {"preprocess", "crop"} <= set(table.columns)
+    report = json.loads((run / "report.json").read_text())
+    chosen = report["best"]["params"]
+    saved = modelfile.load_model_file(run / "best_model.pt")
+    assert (saved["preprocess"], saved["crop"]) == (chosen["preprocess"], chosen["crop"])
+    meta = export.read_metadata(run / "model.onnx")
+    assert (meta["preprocess"], meta["crop"]) == (chosen["preprocess"], chosen["crop"])
+    # Parity: the search's test pass, predict.py's .pt and .onnx paths, on the same test films.
+    scores = pd.read_csv(run / "test_scores.csv").head(6)
+    roots = {name: dataset.find_root(folder) for name, folder in report["data_summary"]["sources"].items()}
+    files = [roots[s] / p.split("/", 1)[1] for s, p in zip(scores["source"], scores["path"])]
+    for model in (run / "best_model.pt", run / "model.onnx"):
+        predicted = local.run(open_model(model), files)["p_tb"].to_numpy()
+        assert abs(predicted - scores["score"].to_numpy()).max() < 1e-4, model.name

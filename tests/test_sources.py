@@ -11,7 +11,7 @@ import pytest
 
 from tbray.commands import search as cli
 from tbray.config import SearchConfig, objective
-from tbray.data import dataset, demo, sources
+from tbray.data import dataset, demo
 from tbray.errors import UserError
 from tbray.report import sources_section
 from tbray.runs import runfolder

@@ -63,12 +63,13 @@ def fit(job: AuditJob, cfg: SearchConfig, parts: dict[str, dict]) -> dict[str, d
     if "://" not in audit_root and Path(audit_root).exists():
         shutil.rmtree(audit_root)  # an earlier audit of this run: its trials would mix with these
     size = job.params.image_size
-    refs = {"data": {c: {size: ray.put({p: parts[c][p] for p in ("train", "val")})} for c in lungs.CONTROLS},
+    refs = {"data": {c: {job.params.input: ray.put({p: parts[c][p] for p in ("train", "val")})} for c in lungs.CONTROLS},
             "weights": ray.put(job.weights) if job.weights is not None else None}
     trainable = trainables.build(control_trial, settings=job.settings, refs=refs, storage=f"{audit_root}/train",
                                  metric=cfg.metric, mode=cfg.mode, max_failures=cfg.max_failures)
     params = {"epochs": job.params.epochs, "batch_size": job.params.batch_size, "image_size": size,
-              "lr": job.params.lr, "weight_decay": job.params.weight_decay}
+              "lr": job.params.lr, "weight_decay": job.params.weight_decay, "preprocess": job.params.preprocess,
+              "crop": job.params.crop}
     tuner = tune.Tuner(trainable, param_space={**params, "control": tune.grid_search(list(lungs.CONTROLS))},
                        tune_config=tune.TuneConfig(max_concurrent_trials=min(2, job.max_concurrent)),
                        run_config=tune.RunConfig(name="tune", storage_path=audit_root, verbose=0))

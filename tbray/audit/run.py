@@ -16,6 +16,7 @@ import pandas as pd
 from tbray.audit import controls
 from tbray.config import SearchConfig
 from tbray.data import cache, dataset, lungs, sources
+from tbray.data.preprocess import Input
 from tbray.errors import UserError
 from tbray.model import factory as tbmodel
 from tbray.model import modelfile, saliency
@@ -37,7 +38,8 @@ def run(cfg: SearchConfig, settings: TrainSettings, plan: cluster.Plan, split: p
     current = json.loads((run_dir / "report.json").read_text())
     test = cache.subset(split, images, "test")
     grids.lung_examples_png(test["images"], test["labels"], run_dir / "lung_mask_examples.png")
-    params = TrialParams(image_size=saved["image_size"], **saved["params"])
+    params = TrialParams(image_size=saved["image_size"], preprocess=saved.get("preprocess", "none"),
+                         crop=saved.get("crop", "none"), **saved["params"])
     job = controls.AuditJob(settings=settings, params=params, split=split, images=images, weights=weights,
                          storage=runfolder.storage_root(cfg), max_concurrent=plan.max_concurrent)
     print(f"tbray: shortcut audit: training the best configuration on {' and '.join(lungs.CONTROLS)} images")
@@ -79,8 +81,8 @@ def for_folder(run_dir: Path, address: str | None = None) -> dict:
     roots = {name: dataset.find_root(folder) for name, folder in runfolder.data_roots(cfg).items()}
     if "source" not in split:  # written before several sources: its one source
         split["source"] = next(iter(roots))
-    size = int(modelfile.load_model_file(run_dir / "best_model.pt")["image_size"])
-    images = cache.load(cache.build(sources.files_of(split, roots), split, [size], runfolder.cache_dir(cfg))[size])
+    spec = Input.of_model(modelfile.load_model_file(run_dir / "best_model.pt"))
+    images = cache.load(cache.build(sources.files_of(split, roots), split, [spec], runfolder.cache_dir(cfg))[spec])
     weights, _ = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)
     plan = cluster.plan(cfg, cluster.connect(cfg))
     runfolder.lock(run_dir)

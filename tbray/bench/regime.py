@@ -19,6 +19,7 @@ import numpy as np
 import ray
 from ray import tune
 
+from tbray.data.preprocess import Input
 from tbray.train.settings import TrainSettings
 
 TRAIN_IMAGES = 2940  # one epoch of the public set's training split (tbray.bench.pipeline.PUBLIC_TRAIN_IMAGES)
@@ -163,7 +164,7 @@ def plain_trial(config: dict, refs: dict, regime: Regime) -> None:
     from tbray.model import factory as tbmodel
     from tbray.train.worker import train_epoch  # noqa: F401  (the worker's imports, paid here too)
 
-    data = ray.get(refs["data"][regime.image_size])
+    data = ray.get(refs["data"][Input(regime.image_size)])
     weights = ray.get(refs["weights"]) if refs["weights"] is not None else None
     device = torch.device("cuda" if regime.use_gpu else "cpu")
     model = tbmodel.create(regime.model, weights).to(device, memory_format=torch.channels_last)
@@ -286,6 +287,6 @@ def measure(regime: Regime, repeats: int) -> list:
 
     weights = tbmodel.pretrained_state(regime.model, regime.weights, regime.pretrained)[0]
     data = synthetic_data(regime)
-    refs = {"data": {regime.image_size: ray.put(data)}, "weights": ray.put(weights) if weights is not None else None}
+    refs = {"data": {Input(regime.image_size): ray.put(data)}, "weights": ray.put(weights) if weights is not None else None}
     rounds = [one_repeat(regime, data, refs, weights) for _ in range(repeats)]
     return table_rows(regime, rounds, checkpoint_write_s(regime, weights))

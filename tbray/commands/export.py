@@ -33,12 +33,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from tbray import outputs
+        from tbray.data.preprocess import Input
         from tbray.model import modelfile
 
         try:
             outputs.output_file(args.out, "--out", [args.model])
             saved = modelfile.load_model_file(args.model)
-            images = export.images_for_check(args.check_images, saved["image_size"]) if args.check_images else None
+            images = export.images_for_check(args.check_images, Input.of_model(saved)) if args.check_images else None
             export.write(saved, args.out, images)
         except ImportError as exc:
             raise UserError(f"exporting needs {exc.name}: pip install onnx onnxruntime onnxscript") from None

@@ -16,6 +16,7 @@ from typing import Callable
 
 from tbray.commands import exits
 from tbray.config import SELECTIONS, SearchConfig, SearchSpace
+from tbray.data import preprocess
 from tbray.errors import UserError
 from tbray.rayops import loopback, packing
 from tbray.runs import runfolder
@@ -30,6 +31,16 @@ def _ints(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def _names(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    """A parser of 'none,clahe' -> ('none', 'clahe'), each value one of `allowed`."""
+    def parse(text: str) -> tuple[str, ...]:
+        values = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+        if not values or (bad := [v for v in values if v not in allowed]):
+            raise argparse.ArgumentTypeError(f"expected comma-separated choices of {', '.join(allowed)}, got {text!r}")
+        return values
+    return parse
 
 
 def _positive(text: str) -> int:
@@ -121,6 +132,11 @@ OPTIONS = [
     Option("--weight-decay-range", ("space.weight_decay_min", "space.weight_decay_max"), "AdamW weight-decay "
            "range, searched log-uniformly", "search space", {"type": float, "nargs": 2, "metavar": ("MIN", "MAX")},
            tuple),
+    Option("--preprocess", ("space.preprocess",), "contrast steps Optuna chooses from (comma-separated): "
+           "none, equalize (histogram equalisation), clahe (OpenCV's CLAHE)", "search space",
+           {"type": _names(preprocess.EQUALIZE)}),
+    Option("--crop", ("space.crop",), "crops Optuna chooses from (comma-separated): none, lungs (the lung-field "
+           "prior's box, before the resize)", "search space", {"type": _names(preprocess.CROPS)}),
     Option("--model", ("model",), "any timm EfficientNet, e.g. efficientnet_b0", "search"),
     Option("--weights", ("weights",), "start from this state dict (loaded with weights_only=True)", "search",
            {"type": Path}, lambda v: (_absolute(v),), aliases=("--initial-checkpoint",)),

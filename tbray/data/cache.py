@@ -15,41 +15,47 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tbray.data import dataset, progress
+from tbray.data import dataset, preprocess, progress
+from tbray.data.preprocess import Input
 from tbray.errors import UserError
 
 
-def path_for(cache_dir: Path, key: str, size: int) -> Path:
-    """Where the array for one split and size lives; named by the decoding too, so a fix there rebuilds it."""
-    return Path(cache_dir) / f"{key}-{size}-{dataset.DECODING}.npy"
+def path_for(cache_dir: Path, key: str, size: int | Input) -> Path:
+    """Where the array for one split and input (size and steps) lives; named by the decoding too, so a fix
+    there rebuilds it."""
+    spec = Input.of(size)
+    steps = f"-{spec.steps}" if spec.steps else ""
+    return Path(cache_dir) / f"{key}-{spec.size}{steps}-{dataset.DECODING}.npy"
 
 
-def _decode(file: Path, sizes: list[int]) -> list[np.ndarray]:
+def _decode(file: Path, sizes: list) -> list[np.ndarray]:
     """One decode, every size; a file gone or broken since the data were checked is a UserError naming it."""
     try:
         gray = dataset.load_gray(file)
     except (OSError, ValueError) as exc:
         raise UserError(f"{file}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}; it was "
                         "usable when the data were checked: restore it, or start a new search without it")
-    return [dataset.resize(gray, s) for s in sizes]
+    return [preprocess.to_input(gray, Input.of(s)) for s in sizes]
 
 
-def build(root: Path | list[Path], split: pd.DataFrame, sizes: list[int], cache_dir: Path,
-          threads: int | None = None) -> dict[int, Path]:
+def build(root: Path | list[Path], split: pd.DataFrame, sizes: list, cache_dir: Path,
+          threads: int | None = None) -> dict:
     """Make the missing arrays (rows in `split` order) and return the file of each size.
 
-    `root`: the folder split's paths are relative to, or (several sources) each row's file.
+    `root`: the folder split's paths are relative to, or (several sources) each row's file. `sizes`: image
+    sizes, or Inputs (a size and the steps before it, tbray.data.preprocess); the result is keyed by them.
     """
     files = root if isinstance(root, list) else [Path(root) / rel for rel in split["path"]]
     key = dataset.split_hash(split)
-    paths = {s: path_for(cache_dir, key, s) for s in sorted(set(sizes))}
+    paths = {s: path_for(cache_dir, key, s) for s in sorted(set(sizes), key=lambda s: (Input.of(s).size, str(s)))}
     todo = [s for s, p in paths.items() if not p.exists()]
     if todo:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        arrays = {s: np.empty((len(split), s, s), dtype=np.uint8) for s in todo}
+        arrays = {s: np.empty((len(split), Input.of(s).size, Input.of(s).size), dtype=np.uint8) for s in todo}
         with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
             decoded = pool.map(lambda file: _decode(file, todo), files)
-            sizes = ", ".join(f"{s} px" for s in todo)
+            sizes = ", ".join(f"{Input.of(s).size} px" + (f" ({Input.of(s).steps})" if Input.of(s).steps else "")
+                              for s in todo)
             for i, images in enumerate(progress.track(decoded, len(split), "decoded for the cache", f"at {sizes}")):
                 for s, image in zip(todo, images):
                     arrays[s][i] = image

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tbray.data import dataset
+from tbray.data import dataset, preprocess
+from tbray.data.preprocess import Input
 from tbray.errors import UserError
 
 PREFETCH = 2  # batches each loader worker decodes ahead; with the one being scored, the memory bound
@@ -37,18 +38,19 @@ class Batch:
         return self
 
 
-def read(path: str, size: int) -> tuple[np.ndarray | None, str | None]:
-    """A file as a uint8 [size, size] image, or None and the first line of why it can't be read."""
+def read(path: str, size: int | Input) -> tuple[np.ndarray | None, str | None]:
+    """A file as the model's uint8 [size, size] input (with the steps an Input names, tbray.data.preprocess),
+    or None and the first line of why it can't be read."""
     try:
-        return dataset.resize(dataset.load_gray(Path(path)), size), None
+        return preprocess.to_input(dataset.load_gray(Path(path)), Input.of(size)), None
     except Exception as exc:  # any decoder failure is a reason for this file only
         return None, (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
 
 
 class PathDataset(Dataset):
-    """Files decoded one by one, each resized to the model's image size."""
+    """Files decoded one by one, each made the model's input (size, and the steps before it)."""
 
-    def __init__(self, paths: list[str], size: int):
+    def __init__(self, paths: list[str], size: int | Input):
         self.paths, self.size = paths, size
 
     def __len__(self) -> int:
@@ -66,7 +68,7 @@ def collate(items: list) -> Batch:
                  errors=[error for _, _, error in items])
 
 
-def batches(paths: list[str], size: int, batch_size: int, workers: int = DEFAULT_WORKERS,
+def batches(paths: list[str], size: int | Input, batch_size: int, workers: int = DEFAULT_WORKERS,
             pin_memory: bool = False) -> DataLoader:
     """Batches in file order; decoding in `workers` processes (0: in this one)."""
     return DataLoader(PathDataset(paths, size), batch_size=batch_size, shuffle=False, num_workers=workers,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from tbray.data import cache, dataset, duplicates
+from tbray.data.preprocess import Input
 from tbray.errors import UserError
 from tbray.model import scoring
 from tbray.stats import assess
@@ -68,8 +69,9 @@ def copies_of(files: pd.DataFrame, internal: pd.DataFrame) -> pd.DataFrame:
                         columns=OVERLAP_COLUMNS)
 
 
-def decode(ext: ExternalSet, size: int, cache_dir: Path) -> tuple:
-    """uint8 images [N, size, size] and labels of the set, decoded once and cached like the search's."""
+def decode(ext: ExternalSet, size: int | Input, cache_dir: Path) -> tuple:
+    """uint8 images [N, size, size] (after the model's steps, when an Input) and labels of the set, decoded
+    once and cached like the search's."""
     frame = ext.files.assign(split="external")
     images = cache.subset(frame, cache.load(cache.build(ext.root, frame, [size], cache_dir)[size]), "external")
     return images["images"], images["labels"]
@@ -78,7 +80,7 @@ def decode(ext: ExternalSet, size: int, cache_dir: Path) -> tuple:
 def evaluate(ext: ExternalSet, saved: dict, target_sensitivity: float, cache_dir: Path,
              seed: int = 0) -> tuple[dict, pd.DataFrame]:
     """The set scored once at the model's threshold: the record for report.json and every image's score."""
-    images, labels = decode(ext, int(saved["image_size"]), cache_dir)
+    images, labels = decode(ext, Input.of_model(saved), cache_dir)
     scores = scoring.score_images(saved, images)
     record = assess.site(labels, scores, float(saved["threshold"]), target_sensitivity, seed=seed,
                          split_name=f"external set {ext.name!r}")

@@ -23,7 +23,8 @@ import torch
 
 import tbray
 from tbray import outputs
-from tbray.data import demo, stream
+from tbray.data import demo, preprocess, stream
+from tbray.data.preprocess import Input
 from tbray.errors import UserError
 from tbray.model import augment, scoring
 
@@ -60,8 +61,11 @@ def metadata(saved: dict) -> dict[str, str]:
     meta = {"tbray_version": tbray.__version__, "model_name": saved["model_name"],
             "image_size": str(saved["image_size"]), "threshold": repr(float(saved["threshold"])),
             "mean": repr(float(saved["mean"])), "std": repr(float(saved["std"])),
-            "input": f"{INPUT}: uint8 grayscale [N, {saved['image_size']}, {saved['image_size']}], "
-                     "resized (bilinear) from the whole film",
+            "input": f"{INPUT}: uint8 grayscale [N, {saved['image_size']}, {saved['image_size']}]: "
+                     f"{preprocess.describe(Input.of_model(saved))}",
+            # Steps before the graph (tbray.data.preprocess), which tbray's ONNX path applies and a standalone
+            # caller must repeat: the lung crop before the resize, equalisation after it.
+            "preprocess": saved.get("preprocess", "none"), "crop": saved.get("crop", "none"),
             "output": f"{OUTPUT}: P(TB) [N]; Tuberculosis when P(TB) >= threshold"}
     meta |= {k: json.dumps(saved[k], default=str) for k in JSON_FIELDS if saved.get(k) is not None}
     return meta
@@ -71,7 +75,11 @@ def facts(meta: dict[str, str]) -> dict:
     """Metadata read back into the model file's own types (what `tune/predict.py` prints and uses)."""
     out = {"model_name": meta["model_name"], "image_size": int(meta["image_size"]),
            "threshold": float(meta["threshold"]), "mean": float(meta["mean"]), "std": float(meta["std"]),
-           "tbray_version": meta["tbray_version"]}
+           "tbray_version": meta["tbray_version"], "preprocess": meta.get("preprocess", "none"),
+           "crop": meta.get("crop", "none")}
+    for key, choices in (("preprocess", preprocess.EQUALIZE), ("crop", preprocess.CROPS)):
+        if out[key] not in choices:
+            raise ValueError(f"{key} {out[key]!r}, not one of {', '.join(choices)}")
     return out | {k: json.loads(meta[k]) for k in JSON_FIELDS if k in meta}
 
 
@@ -82,7 +90,7 @@ def check_images(size: int, n: int = CHECK_IMAGES) -> np.ndarray:
 
 def images_for_check(paths: list[Path], size: int, most: int = 64) -> np.ndarray:
     """Up to `most` readable images from these files and folders, at the model's size."""
-    read = [stream.read(str(f), size)[0] for f in stream.images_under(paths)[:most]]
+    read = [stream.read(str(f), size)[0] for f in stream.images_under(paths)[:most]]  # size: an int or an Input
     images = [image for image in read if image is not None]
     if not images:
         raise UserError(f"{', '.join(map(str, paths))}: no readable image for the parity check")

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from tbray import outputs
+from tbray.data import preprocess
 from tbray.errors import UserError
 from tbray.model import factory as tbmodel
 
@@ -61,6 +62,9 @@ def _field_problem(saved: dict) -> str | None:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
                 or (key == "std" and value <= 0):
             return f"{key} {value!r} is not a {'positive ' if key == 'std' else ''}number"
+    for key, choices in (("preprocess", preprocess.EQUALIZE), ("crop", preprocess.CROPS)):  # absent: none
+        if saved.get(key, "none") not in choices:
+            return f"{key} {saved[key]!r} is not one of {', '.join(choices)}"
     for key in ("threshold_source", "calibration"):  # records that predict and the report read, when present
         if saved.get(key) is not None and not isinstance(saved[key], dict):
             return f"{key} is not a record (a dict), but {type(saved[key]).__name__}"

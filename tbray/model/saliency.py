@@ -17,7 +17,8 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from tbray.data import dataset, lungs
+from tbray.data import dataset, lungs, preprocess
+from tbray.data.preprocess import Input
 from tbray.model import augment, scoring
 from tbray.report import grids
 
@@ -111,7 +112,7 @@ def write_overlays(saved: dict, files: list[Path], out_dir: Path) -> list[Path]:
     """One overlay PNG per image file (`tune/predict.py --cam DIR`), named after the file."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = np.stack([dataset.resize(dataset.load_gray(f), saved["image_size"]) for f in files])
+    images = np.stack([preprocess.to_input(dataset.load_gray(f), Input.of_model(saved)) for f in files])
     written, taken = [], set()
     for f, image, cam in zip(files, images, maps(saved, images)):
         name, n = Path(f).stem, 1

@@ -18,6 +18,7 @@ import ray
 import ray.data
 
 from tbray.data import stream
+from tbray.data.preprocess import Input
 from tbray.errors import UserError
 from tbray.predict import local
 from tbray.predict.scorer import Model, Scorer
@@ -64,7 +65,7 @@ def pool() -> Pool:
     return Pool(min_size=1, max_size=max(1, cpus - 1), gpus=0)
 
 
-def decode(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+def decode(batch: dict[str, np.ndarray], size: Input) -> dict[str, np.ndarray]:
     """Paths -> uint8 images at the model's size (zeros where unreadable), readable flags, reasons ('' if none)."""
     read = [stream.read(p, size) for p in batch["path"]]
     images = np.stack([img if img is not None else np.zeros((size, size), np.uint8) for img, _ in read])
@@ -90,7 +91,7 @@ def dataset(model: Model, paths: list[str], threshold: float, batch_size: int, a
     """The lazy pipeline: paths -> decoded batches -> P(TB) rows."""
     items = ray.data.from_items([{"path": p} for p in paths],
                                 override_num_blocks=max(1, -(-len(paths) // FILES_PER_BLOCK)))
-    images = items.map_batches(decode, fn_kwargs={"size": model.facts["image_size"]}, batch_size=batch_size,
+    images = items.map_batches(decode, fn_kwargs={"size": Input.of_model(model.facts)}, batch_size=batch_size,
                                num_cpus=1)
     return images.map_batches(ScoreActor, fn_constructor_kwargs={"model": model, "threshold": threshold},
                               batch_size=batch_size, num_gpus=actors.gpus, num_cpus=0 if actors.gpus else 1,

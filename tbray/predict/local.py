@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from tbray.data import dataset, stream
+from tbray.data.preprocess import Input
 from tbray.errors import UserError
 from tbray.predict.scorer import Model, Scorer
 
@@ -76,7 +77,7 @@ def frames(scorer: Scorer, files: list[Path], threshold: float, batch_size: int 
     model = scorer.model
     batch_size = batch_size or BATCH_SIZE[scorer.device.type]
     print(f"tbray: scoring {len(files)} file(s) with {scorer.where}, batches of {batch_size}", file=sys.stderr)
-    loader = stream.batches([str(f) for f in files], model.facts["image_size"], batch_size, workers,
+    loader = stream.batches([str(f) for f in files], Input.of_model(model.facts), batch_size, workers,
                             pin_memory=scorer.device.type == "cuda")
     with tqdm(total=len(files), unit="img", file=sys.stderr, disable=not progress) as bar:
         for batch in loader:

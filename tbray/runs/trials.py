@@ -14,6 +14,7 @@ from tbray.model import modelfile
 from tbray.runs import runfolder
 
 PARAMS = ["epochs", "batch_size", "image_size", "lr", "weight_decay"]
+STEPS = ["preprocess", "crop"]  # chosen by Optuna only when searched (SearchSpace.param_space)
 HISTORY = ["trial_id", "epoch", "train_loss", "val_loss", "val_accuracy", "val_auroc", "val_sensitivity",
            "val_specificity", "val_f1", "startup_s", "epoch_s", "checkpoint_path", "time_total_s", "node_id",
            "best_val_loss", "best_val_auroc", "best_val_f1", "best_val_accuracy", "best_val_sensitivity",
@@ -83,6 +84,7 @@ def collect(grid: ResultGrid, cfg: SearchConfig) -> tuple[pd.DataFrame, pd.DataF
             frames.append(h[[c for c in HISTORY if c in h] + [c for c in h if c not in HISTORY and _by_source(c)]])
         config = result.config or {}
         row = {"trial_id": trial_id, "status": _status(result, h), **{p: config.get(p) for p in PARAMS},
+               **{p: config[p] for p in STEPS if p in config},
                "epochs_done": int(h["epoch"].max()) if len(h) else 0}
         if len(h):
             top = _ranked(h, cfg).iloc[0]
@@ -143,8 +145,7 @@ def best(table: pd.DataFrame, history: pd.DataFrame, cfg: SearchConfig) -> dict 
     if not len(kept):
         return None
     top = _ranked(kept, cfg).iloc[0]
-    row = table.set_index("trial_id").loc[top["trial_id"]]
-    params = {p: int(row[p]) if p in ("epochs", "batch_size", "image_size") else float(row[p]) for p in PARAMS}
+    params = chosen_params(table.set_index("trial_id").loc[top["trial_id"]])
     return {"trial_id": top["trial_id"], "epoch": int(top["epoch"]), "params": params,
             "checkpoint": top["checkpoint_path"], "metric": cfg.objective, "value": float(top[cfg.objective])}
 
@@ -155,11 +156,16 @@ def best_config(table: pd.DataFrame, history: pd.DataFrame, cfg: SearchConfig) -
     if not len(history) or cfg.objective not in history:
         return None
     top = _ranked(history.dropna(subset=[cfg.objective]), cfg).iloc[0]
-    row = table.set_index("trial_id").loc[top["trial_id"]]
-    params = {p: int(row[p]) if p in ("epochs", "batch_size", "image_size") else float(row[p]) for p in PARAMS}
+    params = chosen_params(table.set_index("trial_id").loc[top["trial_id"]])
     per_source = {c: float(top[c]) for c in history if _by_source(c) and "/" in c and pd.notna(top[c])}
     return {"trial_id": top["trial_id"], "epoch": int(top["epoch"]), "params": params, "metric": cfg.objective,
             "value": float(top[cfg.objective]), "left_out": per_source}
+
+
+def chosen_params(row: pd.Series) -> dict:
+    """What Optuna chose for one trial (a trials.csv row), typed as Tune's config held it."""
+    params = {p: int(row[p]) if p in ("epochs", "batch_size", "image_size") else float(row[p]) for p in PARAMS}
+    return params | {p: str(row[p]) for p in STEPS if p in row and pd.notna(row[p])}
 
 
 def load_best(checkpoint: str, cfg: SearchConfig) -> dict:

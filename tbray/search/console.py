@@ -18,7 +18,7 @@ import optuna
 from ray import tune
 
 from tbray.config import SearchConfig, objective
-from tbray.runs.trials import PARAMS
+from tbray.runs.trials import PARAMS, STEPS
 
 TABLE_EVERY_S = 60  # one progress table a minute: an epoch of the demo takes ~10 s, a real one minutes
 
@@ -35,7 +35,8 @@ def reporter(cfg: SearchConfig) -> tune.CLIReporter:
     columns = {"epoch": "epoch", cfg.objective: cfg.objective, metric: metric}
     auroc = objective("val_auroc", cfg.selection or "pooled")  # as the selection rule measures it
     columns.setdefault(auroc, auroc)
-    return tune.CLIReporter(metric_columns=columns, parameter_columns=PARAMS, max_report_frequency=TABLE_EVERY_S,
+    steps = [name for name in STEPS if getattr(cfg.space, name) != ("none",)]  # shown only when searched
+    return tune.CLIReporter(metric_columns=columns, parameter_columns=PARAMS + steps, max_report_frequency=TABLE_EVERY_S,
                             print_intermediate_tables=True, sort_by_metric=True,  # by TuneConfig's metric
                             max_progress_rows=50)
 

@@ -13,6 +13,7 @@ import ray
 
 from tbray.config import SearchConfig
 from tbray.data import cache
+from tbray.data.preprocess import Input
 from tbray.errors import UserError
 from tbray.external import sets
 from tbray.model import export, modelfile, scoring
@@ -26,10 +27,11 @@ def run(cfg: SearchConfig, prepared: runfolder.Prepared, arrays: dict, best: dic
     """Score val (threshold) and test (once), then each external set; save the best model and the report."""
     run_dir = runfolder.path(cfg)
     state = trials.load_best(best["checkpoint"], cfg)
-    size = int(state["image_size"])
-    if size not in arrays:
-        raise UserError(f"best checkpoint uses image size {size}, which this run never decoded")
-    images = cache.load(arrays[size])
+    spec = Input.of_model(state)
+    if spec not in arrays:
+        raise UserError(f"best checkpoint uses image size {spec.size} ({spec.steps or 'no steps'}), which this run "
+                        "never decoded")
+    images = cache.load(arrays[spec])
     parts = {name: cache.subset(prepared.split, images, name) for name in ("val", "test")}
     # On GPUs, scored where a trial's worker would run (a GPU node, not the CPU head); on CPUs, here,
     # in the driver, which holds the images already and needs no scheduling.
@@ -106,6 +108,8 @@ def threshold_source(evaluation: dict) -> dict:
 def save_model(path: Path, state: dict, best: dict, evaluation: dict) -> dict:
     """The best model as one loadable file, with the threshold every later prediction must use."""
     payload = {k: state[k] for k in ("model", "model_name", "image_size", "mean", "std", "params")}
+    spec = Input.of_model(state)  # the steps before the network, which every later scoring repeats
+    payload |= {"preprocess": spec.preprocess, "crop": spec.crop}
     payload |= {"threshold": float(evaluation["threshold"]), "threshold_source": threshold_source(evaluation),
                 "trial_id": best["trial_id"], "epoch": best["epoch"],
                 "run_folder": str(Path(path).parent.resolve())}  # its split.csv: which images the model has seen

@@ -55,7 +55,7 @@ def run(cfg: SearchConfig, plan: cluster.Plan, refs: dict, table: pd.DataFrame, 
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
     else:
-        tuner = tune.Tuner(trainable, param_space=chosen["params"],
+        tuner = tune.Tuner(trainable, param_space=dict(chosen["params"]),
                            tune_config=tune.TuneConfig(num_samples=1, metric=f"best_{pooled.objective}", mode=cfg.mode),
                            run_config=tune.RunConfig(name="refit", storage_path=storage, verbose=1,
                                                      progress_reporter=console.reporter(pooled),

@@ -22,6 +22,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from tbray.config import SearchConfig
 from tbray.data import cache, confound
+from tbray.data.preprocess import Input
 from tbray.errors import SearchFailed, UserError
 from tbray.external import sets
 from tbray.model import factory as tbmodel
@@ -105,7 +106,7 @@ def search(cfg: SearchConfig) -> int:
     interrupt.install()  # over the handlers ray.init and Ray's core put on SIGTERM, which abort the driver
 
     # Decode once: one uint8 array per image size, shared with every trial through the object store.
-    arrays = cache.build(prepared.files(), prepared.split, list(cfg.space.image_sizes), runfolder.cache_dir(cfg))
+    arrays = cache.build(prepared.files(), prepared.split, inputs(cfg), runfolder.cache_dir(cfg))
     prepared.confound = check_confounds(cfg, prepared, arrays)
     print(f"tbray: weights from {source}; {plan.describe()}")
     print(f"tbray: {refit.describe(cfg, prepared.names)}")
@@ -117,10 +118,18 @@ def search(cfg: SearchConfig) -> int:
         console.keep_ray_logs(info["session_dir"], run_dir)
 
 
+def inputs(cfg: SearchConfig) -> list[Input]:
+    """Every (image size, steps) a trial may ask for, each decoded once; plus the smallest size with no steps,
+    which the confound check reads (it measures the films as they come)."""
+    space = cfg.space
+    wanted = [Input(size, how, crop) for size in space.image_sizes for how in space.preprocess for crop in space.crop]
+    return list(dict.fromkeys(wanted + [Input(min(space.image_sizes))]))
+
+
 def check_confounds(cfg: SearchConfig, prepared: runfolder.Prepared, arrays: dict) -> dict:
     """What acquisition alone tells apart, before any trial (tbray.data.confound), from the smallest cached size."""
     split = prepared.split
-    record = confound.check(np.asarray(cache.load(arrays[min(arrays)])), prepared.files(),
+    record = confound.check(np.asarray(cache.load(arrays[Input(min(cfg.space.image_sizes))])), prepared.files(),
                             split["label"].to_numpy(), split["source"].to_numpy(), cfg.seed)
     print(f"tbray: {confound.sentence(record)}")
     if text := confound.warning(record):
@@ -202,8 +211,8 @@ def finish(cfg: SearchConfig, grid, prepared: runfolder.Prepared, arrays: dict, 
         from tbray.audit import run as audit_run  # grad-cam and OpenCV load only for an audit
 
         state, _ = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)
-        size = best["params"]["image_size"]
-        result = audit_run.run(cfg, trainables.train_settings(cfg, plan), plan, prepared.split, cache.load(arrays[size]), state)
+        spec = Input(best["params"]["image_size"], best["params"].get("preprocess", "none"), best["params"].get("crop", "none"))
+        result = audit_run.run(cfg, trainables.train_settings(cfg, plan), plan, prepared.split, cache.load(arrays[spec]), state)
     tracking.record(cfg, table, history, result)
     print(tracking.where(cfg))
     print(page.summary_table(result))

@@ -24,7 +24,7 @@ from tbray.config import SearchConfig
 from tbray.errors import UserError
 from tbray.runs import runfolder
 
-PARAMS = ["epochs", "batch_size", "image_size", "lr", "weight_decay"]  # what Optuna chose (trials.PARAMS)
+PARAMS = ["epochs", "batch_size", "image_size", "lr", "weight_decay", "preprocess", "crop"]  # what Optuna chose (trials.PARAMS, STEPS)
 NOT_METRICS = {"trial_id", "epoch", "checkpoint_path", "node_id"}  # history columns that are no measurements
 _starting: dict[str, Future] = {}  # the run folder's new SQLite store, being made while the search runs
 ARTIFACTS = ["report.md", "report.json", "model_card.md", "trials.csv", "history.csv", "classification_report.txt"]

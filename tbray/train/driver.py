@@ -60,7 +60,7 @@ def trial(config: dict, settings: TrainSettings, refs: dict, storage: str, metri
     """
     params = TrialParams.from_tune(config)
     # Object refs, not arrays: each worker reads the node's one shared copy.
-    spec = TrialSpec(params=params, settings=settings, data=refs["data"][params.image_size], weights=refs["weights"],
+    spec = TrialSpec(params=params, settings=settings, data=refs["data"][params.input], weights=refs["weights"],
                      started=time.time())
     trainer(spec, f"train-{tune.get_context().get_trial_id()}", storage, metric, mode, max_failures,
             TuneReportCallback()).fit()
@@ -92,7 +92,7 @@ def folds_trial(config: dict, settings: TrainSettings, refs: dict, storage: str,
     started, queue, failures = time.time(), Queue(actor_options={"num_cpus": 0}), []
 
     def fit(fold: int) -> None:
-        spec = TrialSpec(params=params, settings=settings, data=refs["data"][params.image_size],
+        spec = TrialSpec(params=params, settings=settings, data=refs["data"][params.input],
                          weights=refs["weights"], started=started, fold=fold)
         name = f"train-{trial_id}-without-{settings.sources[fold]}"
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tbray.config import DEFAULT_CHECKPOINT_EVERY, EVAL_BATCH_SIZE
+from tbray.data.preprocess import Input
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,21 @@ class TrialParams:
     image_size: int
     lr: float
     weight_decay: float
+    preprocess: str = "none"  # contrast step before the network (tbray.data.preprocess.EQUALIZE)
+    crop: str = "none"  # tbray.data.preprocess.CROPS
+
+    @property
+    def input(self) -> Input:
+        """The images this trial trains on: its size and the steps before it (the key of its data)."""
+        return Input(self.image_size, self.preprocess, self.crop)
 
     @classmethod
     def from_tune(cls, config: dict) -> "TrialParams":
         """Tune's config dict for the trial, as one typed object."""
         return cls(epochs=int(config["epochs"]), batch_size=int(config["batch_size"]),
                    image_size=int(config["image_size"]), lr=float(config["lr"]),
-                   weight_decay=float(config["weight_decay"]))
+                   weight_decay=float(config["weight_decay"]), preprocess=config.get("preprocess", "none"),
+                   crop=config.get("crop", "none"))
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ class TrialSpec:
 
     params: TrialParams  # what Optuna chose
     settings: TrainSettings  # what every trial of the search shares
-    data: object  # ray.ObjectRef of {"train": {...}, "val": {...}} at params.image_size, one copy per node
+    data: object  # ray.ObjectRef of {"train": {...}, "val": {...}} as params.input, one copy per node
     weights: object | None  # ray.ObjectRef of the pretrained backbone state dict, or None (random init)
     started: float  # time.time() when the trial started, for the start-up figure in the history
     fold: int | None = None  # leave-source-out: the source (index) left out of training and validated on

@@ -189,7 +189,7 @@ def checkpoint_state(spec: TrialSpec, model, optimizer, epoch: int, best_so_far:
     settings, params = spec.settings, spec.params
     return {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
             "model_name": settings.model, "image_size": params.image_size, "mean": settings.mean,
-            "std": settings.std, "best_so_far": best_so_far,
+            "std": settings.std, "best_so_far": best_so_far, "preprocess": params.preprocess, "crop": params.crop,
             "params": {"epochs": params.epochs, "batch_size": params.batch_size, "lr": params.lr,
                        "weight_decay": params.weight_decay}}
 
