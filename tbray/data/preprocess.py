@@ -55,7 +55,7 @@ def lung_box() -> tuple[float, float, float, float]:
     rows, cols = np.nonzero(lungs.mask(512))
     top, bottom = rows.min() / 512 - MARGIN, (rows.max() + 1) / 512 + MARGIN
     left, right = cols.min() / 512 - MARGIN, (cols.max() + 1) / 512 + MARGIN
-    return max(0.0, top), min(1.0, bottom), max(0.0, left), min(1.0, right)
+    return float(max(0.0, top)), float(min(1.0, bottom)), float(max(0.0, left)), float(min(1.0, right))
 
 
 def crop_lungs(gray: np.ndarray) -> np.ndarray:
