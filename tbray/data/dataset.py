@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 
 from tbray.data import duplicates, progress
@@ -28,7 +28,7 @@ FRACTIONS = {"train": 0.7, "test": 0.2, "val": 0.1}
 SPLIT_COLUMNS = ["path", "label", "split", "sha256"]
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")  # PIL modes of 16-bit (and 32-bit integer) gray
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-DECODING = "gray2"  # bump when load_gray reads any file differently: caches of decoded images are keyed by it
+DECODING = "gray3"  # bump when load_gray reads any file differently: caches of decoded images are keyed by it
 
 
 @dataclass
@@ -46,8 +46,15 @@ def find_root(path: Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: data folder not found")
-    for candidate in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:
-        names = {p.name.lower() for p in candidate.iterdir() if p.is_dir()}
+    try:
+        below = sorted(p for p in path.iterdir() if p.is_dir())
+    except OSError as exc:
+        raise UserError(f"{path}: data folder can't be read ({exc.strerror or exc})")
+    for candidate in [path, *below]:
+        try:
+            names = {p.name.lower() for p in candidate.iterdir() if p.is_dir()}
+        except OSError:  # an unreadable folder beside the data set is not the data set
+            continue
         if set(CLASSES) <= names:
             return candidate
     names = {p.name.lower() for p in path.iterdir() if p.is_dir()}
@@ -113,7 +120,10 @@ def load_gray(path: Path) -> np.ndarray:
                 f"{image.width}x{image.height} = {image.width * image.height} pixels exceeds the limit of {limit}")
         image.load()
         wide_png = image.mode in WIDE_MODES and image.format == "PNG"
-        return to_gray8(image, png_significant_bits(path) if wide_png else None)
+        # A JPEG (or PNG) stored rotated with an EXIF Orientation tag is shown upright by every viewer;
+        # read it upright too, or it trains and scores sideways.
+        upright = ImageOps.exif_transpose(image)
+        return to_gray8(upright, png_significant_bits(path) if wide_png else None)
 
 
 def resize(gray: np.ndarray, size: int) -> np.ndarray:
@@ -144,13 +154,24 @@ def _check_file(path: Path, min_side: int) -> tuple[str, str] | str:
     return hashlib.sha256(data).hexdigest(), duplicates.perceptual_hash(gray)
 
 
-def _class_entries(folder: Path) -> list[Path]:
-    """Every entry under a class folder, subfolders included, without following directory links."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+def _class_entries(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every file under a class folder, subfolders and linked folders included (each real folder once, so a
+    link loop ends), and each folder that could not be listed, with the reason."""
+    found, unreadable, seen = [], [], set()
+
+    def refused(error: OSError) -> None:
+        unreadable.append((Path(error.filename), f"folder not readable: {error.strerror or error}"))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=refused, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back to a folder already listed (a loop, or two links to one folder)
+            dirnames[:] = []
+            unreadable.append((Path(dirpath), "link to a folder already listed (skipped, so no image counts twice)"))
+            continue
+        seen.add(real)
         dirnames.sort()
         found += [Path(dirpath) / name for name in sorted(filenames)]
-    return found
+    return found, unreadable
 
 
 def _utf8_name(path: Path) -> bool:
@@ -172,10 +193,13 @@ def discover(path: Path, min_side: int = 64, threads: int | None = None) -> Disc
     root = find_root(path)
     class_dirs = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir() and p.name.lower() in CLASSES}
     ignored = sorted(shown(Path(p.name)) for p in root.iterdir() if p.name.lower() not in CLASSES)
-    entries = [(f, CLASSES[name]) for name, folder in class_dirs.items() for f in _class_entries(folder)]
+    listed = {name: _class_entries(folder) for name, folder in class_dirs.items()}
+    entries = [(f, CLASSES[name]) for name, (files, _) in listed.items() for f in files]
+    folders_skipped = [item for _, problems in listed.values() for item in problems]
     # split.csv names each file so a resume, predict or a colleague finds it again; a name that is not
     # UTF-8 can't be written there (or to a UTF-8 terminal) and read back, so such a file is skipped.
-    skipped = [(f, "file name is not valid UTF-8") for f, y in entries if not _utf8_name(f.relative_to(root))]
+    skipped = folders_skipped + [(f, "file name is not valid UTF-8") for f, y in entries
+                                 if not _utf8_name(f.relative_to(root))]
     entries = [(f, y) for f, y in entries if _utf8_name(f.relative_to(root))]
     candidates = [(f, y) for f, y in entries if f.suffix.lower() in IMAGE_SUFFIXES]
     skipped += [(f, f"not an image file (extension {f.suffix or 'none'!r})") for f, y in entries
@@ -194,7 +218,10 @@ def discover(path: Path, min_side: int = 64, threads: int | None = None) -> Disc
     for name, label in CLASSES.items():
         if name in class_dirs and not (files["label"] == label).any():
             folder = class_dirs[name]
-            detail = "is empty" if not any(folder.iterdir()) else "has no usable image (see the skipped files)"
+            try:
+                detail = "is empty" if not any(folder.iterdir()) else "has no usable image (see the skipped files)"
+            except OSError as exc:
+                detail = f"can't be read ({exc.strerror or exc})"
             raise UserError(f"{folder}: class folder {detail}")
     return Discovery(root=root, files=files, skipped=skipped_df, ignored=ignored)
 
@@ -248,6 +275,7 @@ def read_split(csv: Path, files: pd.DataFrame) -> pd.DataFrame:
     saved = saved.drop(columns=["phash"], errors="ignore")
     if bad := set(saved["split"]) - set(FRACTIONS):
         raise UserError(f"{csv}: unknown split value(s) {', '.join(sorted(map(str, bad)))}")
+    check_split_rows(csv, saved)
     if "source" in saved and "source" in files:  # a split made before sources had no such column
         sources = set(saved["source"].astype(str))
         if unknown := sources - set(files["source"]):
@@ -262,7 +290,35 @@ def read_split(csv: Path, files: pd.DataFrame) -> pd.DataFrame:
     changed = merged["sha256"] != merged["sha256_now"]
     if changed.any():
         raise UserError(f"{csv}: {changed.sum()} file(s) changed since the split was made, first {merged.loc[changed, 'path'].iloc[0]}")
+    folder_label = merged["path"].map(dict(zip(files["path"], files["label"])))
+    if (wrong := merged["label"] != folder_label).any():
+        first = merged.loc[wrong].iloc[0]
+        raise UserError(f"{csv}: {int(wrong.sum())} label(s) contradict the class folder, first {first['path']} labelled "
+                        f"{first['label']} in a {'Tuberculosis' if folder_label[wrong].iloc[0] else 'Normal'} folder; "
+                        "labels are 0 for Normal/ and 1 for Tuberculosis/: fix the file or move the image")
     return merged.drop(columns=["sha256_now"])
+
+
+def check_split_rows(csv: Path, saved: pd.DataFrame) -> None:
+    """A split must never put one image in two splits: refuse repeated rows, a path in two splits and labels
+    other than 0 and 1, each in one line that says how to fix it."""
+    paths = saved["path"]
+    if (repeated := saved.duplicated()).any():
+        raise UserError(f"{csv}: {int(repeated.sum())} row(s) repeated, first {paths[repeated].iloc[0]}; keep one row "
+                        "per file")
+    splits_per_path = saved.groupby("path")["split"].nunique()
+    if (twice := splits_per_path[splits_per_path > 1]).size:
+        rows = saved[paths == twice.index[0]]
+        raise UserError(f"{csv}: {twice.size} file(s) in more than one split, first {twice.index[0]} in "
+                        f"{' and '.join(rows['split'])}; a file belongs to one split: delete the other row(s)")
+    if paths.duplicated().any():
+        raise UserError(f"{csv}: {int(paths.duplicated().sum())} file(s) listed twice with different details, first "
+                        f"{paths[paths.duplicated()].iloc[0]}; keep one row per file")
+    labels = pd.to_numeric(saved["label"], errors="coerce")
+    if (bad := ~labels.isin([0, 1])).any():
+        raise UserError(f"{csv}: label {str(saved.loc[bad, 'label'].iloc[0])!r} for {paths[bad].iloc[0]} ({int(bad.sum())} "
+                        "such row(s)); labels are 0 (Normal) or 1 (Tuberculosis)")
+    saved["label"] = labels.astype(np.int64)
 
 
 def split_hash(split: pd.DataFrame) -> str:

@@ -301,7 +301,8 @@ def prepare(cfg: SearchConfig) -> Prepared:
     if not cfg.resume:
         dataset.write_split(split, run_dir / "split.csv")
         (run_dir / "search.json").write_text(json.dumps(cfg.to_json(), indent=2))
-    found.skipped.to_csv(run_dir / "skipped.csv", index=False)
+    # path, reason; and source with several (their paths start with it anyway, as in split.csv)
+    found.skipped[["path", "reason"] + (["source"] if len(roots) > 1 else [])].to_csv(run_dir / "skipped.csv", index=False)
     prepared = Prepared(roots, split, found.skipped, found.ignored, pairs, across)
     _announce(prepared)
     return prepared
