@@ -39,6 +39,16 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
     try:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
+    except OSError as exc:  # a read-only, missing or full destination: one line, the first error kept
+        raise UserError(f"{path}: can't be written ({exc.strerror or exc})") from None
     finally:
-        tmp.unlink(missing_ok=True)  # gone after the rename; after a failure, no partial copy is left
+        discard(tmp)  # gone after the rename; after a failure, no partial copy is left
     return path
+
+
+def discard(path: Path) -> None:
+    """Remove a temporary file if it is there; a failure here never hides the error that led to it."""
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError:
+        pass

@@ -94,3 +94,47 @@ def test_exif_orientation_is_applied_when_reading(tmp_path):
     read = dataset.load_gray(tmp_path / "film.jpg")
     assert read.shape == (40, 80)
     assert read[:, :10].mean() > 200 and read[:, 20:].mean() < 50
+
+
+def test_an_unwritable_destination_is_one_line_and_leaves_no_temporary_file(tmp_path):
+    from tbray import outputs
+
+    missing = tmp_path / "no-such-folder" / "report.md"
+    with pytest.raises(UserError, match=r"no-such-folder/report.md: can't be written \(No such file or directory\)"):
+        outputs.write_atomic(missing, "text")
+    target = tmp_path / "taken"
+    target.mkdir()  # a folder where the file should go: the rename fails after the write
+    with pytest.raises(UserError, match="taken: can't be written"):
+        outputs.write_atomic(target, "text")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # no .taken.<pid>.tmp left
+
+
+def test_copied_ray_logs_and_the_token_are_not_open_to_other_users(tmp_path):
+    from tbray.rayops import cluster
+    from tbray.search import console
+
+    session = tmp_path / "session"
+    (session / "logs" / "events").mkdir(parents=True)
+    (session / "logs" / "raylet.out").write_text("log")
+    for path in (session / "logs", session / "logs" / "events", session / "logs" / "raylet.out"):
+        path.chmod(0o777)  # as Ray leaves its log folders
+    copied = console.keep_ray_logs(str(session), tmp_path / "run")
+    for path in [copied, *copied.rglob("*")]:
+        assert not path.stat().st_mode & 0o022, path
+    token = tmp_path / "auth_token"
+    token.write_text("secret")
+    token.chmod(0o644)  # as Ray writes it
+    assert cluster.tighten_token(token) and token.stat().st_mode & 0o777 == 0o600
+    assert not cluster.tighten_token(token)  # already private: left alone
+
+
+def test_a_local_ray_that_fails_to_start_is_one_line_exit_2(run_cli, tiny_data, tmp_path):
+    from conftest import TINY
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # Ray's temporary folder can't be made under a file
+    done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "x", "--num-samples", "1", *TINY,
+                   env={"RAY_TMPDIR": str(blocked / "ray"), "RAY_ADDRESS": ""})  # a Ray of its own, not the session's
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("tbray: error: the local Ray did not start (")
+    assert "Traceback" not in done.stderr and "try again" in done.stderr

@@ -134,7 +134,11 @@ class Results:
         folder = Path(out).resolve().parent if out is not None else None
         if folder is not None and not folder.is_dir():
             raise UserError(f"{out}: its folder does not exist")
-        handle, name = tempfile.mkstemp(prefix=".tbray-predict-", suffix=".tmp", dir=folder)
+        try:
+            handle, name = tempfile.mkstemp(prefix=".tbray-predict-", suffix=".tmp", dir=folder)
+        except OSError as exc:
+            raise UserError(f"{out if out is not None else folder or tempfile.gettempdir()}: can't be written "
+                            f"({exc.strerror or exc})") from None
         os.close(handle)
         self.tmp = Path(name)
 
@@ -154,7 +158,10 @@ class Results:
                 self.writer.close()
             self.tally.check(paths)
             if self.out is not None:
-                os.replace(self.tmp, self.out)
+                try:
+                    os.replace(self.tmp, self.out)
+                except OSError as exc:
+                    raise UserError(f"{self.out}: can't be written ({exc.strerror or exc})") from None
             else:
                 with open(self.tmp) as f:
                     shutil.copyfileobj(f, sys.stdout)

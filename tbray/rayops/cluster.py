@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,10 +118,31 @@ def start_local(num_cpus: int | None):
     # The dashboard always: Train V2's placement-group cleanup works through the state API it serves.
     # Workers' and Train controllers' log lines go to the session's log files, not the console
     # (tbray.search.console copies them into the run folder); trial errors still reach it through Tune.
-    context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=False)
+    try:
+        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, log_to_driver=False)
+    except Exception as exc:  # Ray raises several types when a process it starts doesn't come up in time
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UserError(f"the local Ray did not start ({type(exc).__name__}: {first}); its logs are in "
+                        f"{os.environ.get('RAY_TMPDIR', tempfile.gettempdir())}/ray/session_latest/logs. On a busy "
+                        "machine this passes: try again, or ask for fewer CPUs with --num-cpus") from None
+    tighten_token()
     # Held for the driver's lifetime: a watchdog acts when its pipe closes, and dropping the handle closes it.
     _watchdogs.append(reaper.watch(port))
     return context
+
+
+def tighten_token(path: Path | None = None) -> bool:
+    """Make Ray's auth token readable by its owner only (Ray writes ~/.ray/auth_token 644, and the users a
+    loopback-only Ray still faces are exactly the other local ones). True if its mode was changed."""
+    path = path or Path.home() / ".ray" / "auth_token"
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077 and path.stat().st_uid == os.getuid():
+            path.chmod(0o600)
+            return True
+    except OSError:
+        pass
+    return False
 
 
 def autoscaling_limits(path: Path = AUTOSCALING_CONFIG) -> dict[str, float] | None:

@@ -66,4 +66,17 @@ def keep_ray_logs(session_dir: str | None, run_dir: Path) -> Path | None:
                         ignore_dangling_symlinks=True)
     except (OSError, shutil.Error) as exc:  # a log rotated away mid-copy: keep what was copied
         print(f"tbray: some of Ray's logs were not copied to {target}: {str(exc)[:200]}")
+    not_world_writable(target)
     return target
+
+
+def not_world_writable(folder: Path) -> None:
+    """Take group and other write permission off a folder and everything under it (Ray makes its log
+    folders 777; copied into a run folder they would let any local user rewrite the run's record)."""
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        try:
+            path.chmod(path.stat().st_mode & ~0o022)
+        except OSError:
+            pass
