@@ -7,6 +7,8 @@ import optuna
 import pandas as pd
 import pytest
 
+from tbray.errors import UserError
+
 from tbray.report import page, plots, run_report
 from tbray.stats import assess
 
@@ -198,7 +200,7 @@ def test_a_write_that_fails_leaves_the_old_file_whole_and_no_temporary_file(tmp_
     write_atomic(target, '{"old": 1}')
     blocked = tmp_path / "folder.json"
     blocked.mkdir()  # the rename onto a folder fails after the temporary file is written
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="folder.json: can't be written"):  # one line, not a traceback
         write_atomic(blocked, "new")
     assert target.read_text() == '{"old": 1}' and blocked.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.json", "report.json"]

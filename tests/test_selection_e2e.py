@@ -66,7 +66,8 @@ def test_the_chosen_configuration_is_trained_on_every_source_and_reported_per_so
     assert set(report["sources"]["test"]) == {"site-a", "b"}
     assert sum(r["n"] for r in report["sources"]["test"].values()) == report["evaluation"]["n_test"]
     page = (run / "report.md").read_text()
-    assert page.splitlines()[2] == "## Where the model trained, and how it did elsewhere"
+    assert page.splitlines()[2] == "## How far the figures travel"
+    assert "| left out: site-a (validation, while not trained on) |" in page and "| internal test: b |" in page
     split = pd.read_csv(run / "split.csv")
     assert set(split["source"]) == {"site-a", "b"}
     where = split.set_index("path")["split"]

@@ -13,7 +13,7 @@ from tbray.commands import search as cli
 from tbray.config import SearchConfig, objective
 from tbray.data import dataset, demo
 from tbray.errors import UserError
-from tbray.report import sources_section
+from tbray.report import transfer_section
 from tbray.runs import runfolder
 from tbray.stats import assess, selection
 
@@ -142,7 +142,20 @@ def test_test_figures_per_source_and_the_report_section():
     assert "error" in one_class["a"]
     chosen = {"chosen_trial_id": "t1", "chosen_epoch": 2, "objective": "heldout_val_loss", "value": 0.4,
               "left_out": {"val_auroc/a": 0.91, "val_loss/a": 0.3, "val_auroc/b": 0.55, "val_loss/b": 0.5}}
-    text = "\n".join(sources_section.section({"sources": {"names": ["a", "b"], "selection": "leave-source-out",
-                                                          "test": by, "chosen": chosen}}))
-    assert text.startswith("## Where the model trained") and "Trained on 2 sources: a, b" in text
-    assert "| b | 0.550 | 0.500 |" in text and "| a | 60 | 20 | 1.000" in text
+    evaluation = assess.test(labels, scores, labels, scores, n_resamples=200)
+    external = {"far": {"n": 50, "n_tb": 40, "auroc": 0.38, "auroc_ci": [0.30, 0.45], "sensitivity": 0.9,
+                        "sensitivity_ci": [0.8, 0.95], "specificity": 0.1, "specificity_ci": [0.03, 0.25],
+                        "average_precision": 0.75},
+                "near": {"n": 50, "n_tb": 10, "auroc": 0.6, "auroc_ci": [0.45, 0.75], "sensitivity": 0.5,
+                         "sensitivity_ci": [0.2, 0.8], "specificity": 0.6, "specificity_ci": [0.45, 0.73],
+                         "average_precision": 0.3}}
+    report = {"evaluation": evaluation, "external": external,
+              "sources": {"names": ["a", "b"], "selection": "leave-source-out", "test": by, "chosen": chosen}}
+    text = "\n".join(transfer_section.section(report))
+    assert text.startswith("## How far the figures travel") and "Trained on 2 sources: a, b" in text
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "| 60 | 20 | 1.000 [" in rows["internal test: a"]
+    assert "**Below chance**" in rows["external: far (never trained on)"]
+    assert "0.750 (chance 0.800)" in rows["external: far (never trained on)"]  # AP beside its prevalence
+    assert "**Near chance**" in rows["external: near (never trained on)"]
+    assert rows["left out: b (validation, while not trained on)"].startswith("| left out: b (validation, while not trained on) |  |  | 0.550 |")

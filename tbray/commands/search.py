@@ -37,7 +37,7 @@ def _names(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
     """A parser of 'none,clahe' -> ('none', 'clahe'), each value one of `allowed`."""
     def parse(text: str) -> tuple[str, ...]:
         values = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
-        if not values or (bad := [v for v in values if v not in allowed]):
+        if not values or any(v not in allowed for v in values):
             raise argparse.ArgumentTypeError(f"expected comma-separated choices of {', '.join(allowed)}, got {text!r}")
         return values
     return parse

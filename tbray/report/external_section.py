@@ -53,14 +53,16 @@ def in_words(name: str, record: dict, internal: dict | None) -> str:
 def table(records: dict[str, dict], internal: dict | None) -> list[str]:
     """A markdown table: one row per set, the internal test first."""
     keys = ("auroc", "average_precision", "sensitivity", "specificity", "ppv", "npv")
-    lines = ["| set | n | TB | AUROC | AP | sensitivity | specificity | PPV | NPV | Brier |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| set | n | TB | AUROC | AP | sensitivity | specificity | PPV | NPV | Brier | chance AP, PPV |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     if internal:
         lines.append(f"| internal test | {internal['n']} | {internal['n_tb']} | {_num(internal['auroc'])} | | "
-                     f"{_num(internal['sensitivity'])} | {_num(internal['specificity'])} | | | |")
+                     f"{_num(internal['sensitivity'])} | {_num(internal['specificity'])} | | | | "
+                     f"{_num(internal['n_tb'] / internal['n'])} |")
     for name, r in records.items():
         cells = [_with_ci(r, key) for key in keys]
-        lines.append(f"| {name} | {r['n']} | {r['n_tb']} | " + " | ".join(cells) + f" | {_num(r['brier'])} |")
+        lines.append(f"| {name} | {r['n']} | {r['n_tb']} | " + " | ".join(cells) + f" | {_num(r['brier'])} | "
+                     f"{_num(r['n_tb'] / r['n'])} |")
     return lines
 
 

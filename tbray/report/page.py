@@ -11,7 +11,7 @@ import pandas as pd
 
 from tbray import CLASS_NAMES
 from tbray.data.duplicates import NEAR_DUPLICATE_MAX_DISTANCE
-from tbray.report import audit_section, confound_section, external_section, sources_section
+from tbray.report import audit_section, confound_section, external_section, transfer_section
 
 DEMO_BANNER = "SYNTHETIC DEMO DATA — NOT MEDICAL"
 DUPLICATE_METHOD = (
@@ -111,7 +111,9 @@ def _headline_section(ev: dict) -> list[str]:
         "## Headline test metrics", "",
         f"Test split: {ev['n_test']} images, {ev['n_test_tb']} Tuberculosis. "
         "Values are point estimates with 95% confidence intervals in brackets "
-        f"(bootstrap: {ev['bootstrap']['n_resamples']} stratified resamples, seed {ev['bootstrap']['seed']}).",
+        f"(bootstrap: {ev['bootstrap']['n_resamples']} stratified resamples, seed {ev['bootstrap']['seed']}). "
+        f"Chance level of average precision and PPV: {ev['n_test_tb'] / ev['n_test']:.3f}, the share of TB images "
+        "(a model that ranks at random scores that).",
         "", markdown_table(header, rows), "",
     ]
 
@@ -133,7 +135,20 @@ def _threshold_section(ev: dict) -> list[str]:
     ]
     if sel.get("warning"):
         lines += [f"> **WARNING:** {sel['warning']}.", ""]
+    if one_class := one_class_threshold(sel):
+        lines += [f"> **WARNING:** {one_class}", ""]
     return lines
+
+
+def one_class_threshold(sel: dict) -> str | None:
+    """In words, when the chosen threshold calls every validation image one class (it then triages nothing)."""
+    if sel.get("specificity") == 0:
+        return ("the threshold calls every validation image Tuberculosis (specificity 0): it reaches the target "
+                "sensitivity only by sending everyone on, so it triages nothing; the model does not separate "
+                "the classes well enough on validation for this target.")
+    if sel.get("sensitivity") == 0:
+        return "the threshold calls every validation image Normal (sensitivity 0): it finds no TB at all."
+    return None
 
 
 def _who_section(ev: dict) -> list[str]:
@@ -265,7 +280,7 @@ def markdown(report: dict) -> str:
     if report["demo"]:
         lines += [f"> **{DEMO_BANNER}**", ""]
     sections = (
-        sources_section.section(report), _headline_section(ev), confound_section.section(report["data_summary"]), _threshold_section(ev),
+        transfer_section.section(report), _headline_section(ev), confound_section.section(report["data_summary"]), _threshold_section(ev),
         _who_section(ev),
         external_section.section(report.get("external") or {}, external_section.internal_summary(ev)),
         audit_section.section(report),
@@ -277,6 +292,12 @@ def markdown(report: dict) -> str:
     for section in sections:
         lines += section
     return "\n".join(lines)
+
+
+def _with_ci(record: dict, key: str) -> str:
+    """'0.380 [0.357, 0.403]' from an external record's value and its _ci pair."""
+    low, high = record.get(f"{key}_ci") or (None, None)
+    return f"{_fmt(record[key])} [{_fmt(low)}, {_fmt(high)}]" if low is not None else _fmt(record[key])
 
 
 def summary_table(report: dict) -> str:
@@ -299,8 +320,12 @@ def summary_table(report: dict) -> str:
                            f"and specificity >= {target['specificity']:.2f})"),
     ]
     for name, ext in (report.get("external") or {}).items():
-        rows.append((f"External {name}", f"AUROC {ext['auroc']:.3f}, sensitivity {_fmt(ext['sensitivity'])}, "
-                                         f"specificity {_fmt(ext['specificity'])} (n={ext['n']}, {ext['n_tb']} TB)"))
+        rows.append((f"External {name}", f"AUROC {_with_ci(ext, 'auroc')}, sensitivity {_with_ci(ext, 'sensitivity')}, "
+                                         f"specificity {_with_ci(ext, 'specificity')} (n={ext['n']}, {ext['n_tb']} TB)"))
+        low, high = ext.get("auroc_ci") or (None, None)
+        rows.append(("", transfer_section.verdict(ext["auroc"], low, high).replace("**", "")))
+    if one_class := one_class_threshold(ev["threshold_selection"]):
+        rows.append(("Threshold warning", one_class))
     width = max(len(key) for key, _ in rows)
     lines = [f"{key:<{width}} : {text}" for key, text in rows]
     if report.get("demo"):
