@@ -36,7 +36,9 @@ def files(tmp_path_factory):
         "threshold_source_not_a_record": {**good, "threshold_source": "junk"},
     }
     paths = {}
-    for name, payload in {"good": good, **doctored}.items():
+    synthetic = {**good, "provenance": {"synthetic": True, "sources": {"demo": {"folder": "/demo", "images": 300,
+                                                                               "split_sha256": "ab" * 8}}}}
+    for name, payload in {"good": good, "synthetic": synthetic, **doctored}.items():
         paths[name] = base / f"{name}.pt"
         torch.save(payload, paths[name])
     (base / "empty").mkdir()
@@ -72,6 +74,7 @@ def predicted(files) -> dict[str, subprocess.CompletedProcess]:
     runs = {name: [paths[name], base / "images"] for name in DOCTORED[:2]}  # the rest in-process, below
     runs |= {folder: [paths["good"], base / folder] for folder in ("empty", "unreadable")}
     runs["good"] = [paths["good"], base / "images"]
+    runs["synthetic"] = [paths["synthetic"], base / "images"]
     runs |= {case: [paths["good"], base / "images", *_slip(case, base, paths)] for case in SLIPS}
     before = {p: p.read_bytes() for p in (paths["good"], base / "images" / "a.png")}
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -118,6 +121,9 @@ def test_a_model_without_any_threshold_record_still_predicts(predicted):
     done = predicted["good"]
     assert done.returncode == 0, done.stderr
     assert "no record of how the threshold was chosen" in done.stderr
+    assert "SYNTHETIC" not in done.stderr
+    demo_model = predicted["synthetic"]  # provenance: trained on the demo's synthetic images
+    assert demo_model.returncode == 0 and "WARNING this model was trained on SYNTHETIC demo images" in demo_model.stderr
     assert done.stdout.splitlines()[0] == "path,p_tb,prediction,error,threshold"
 
 

@@ -40,7 +40,8 @@ def test_search_end_to_end(e2e, tiny_data):
         assert (run / name).is_file() and (run / name).stat().st_size > 0, name
 
     split = pd.read_csv(run / "split.csv")
-    assert list(split.columns) == ["path", "label", "split", "sha256", "phash"]
+    assert list(split.columns) == ["path", "source", "label", "split", "sha256", "phash"]
+    assert set(split["source"]) == {"data"}  # one --data: its source is named by its folder
     assert len(split) == 72 and set(split["split"]) == {"train", "val", "test"}
 
     trials = pd.read_csv(run / "trials.csv")
@@ -60,6 +61,13 @@ def test_search_end_to_end(e2e, tiny_data):
     best = torch.load(run / "best_model.pt", weights_only=True)
     assert best["model_name"] == "test_efficientnet" and best["image_size"] == 32
     assert best["threshold"] == report["evaluation"]["threshold"]
+    # Provenance: which images it learnt from, by digest of its split.csv rows; not synthetic (no --demo).
+    from tbray.data import dataset
+
+    split = pd.read_csv(run / "split.csv", dtype={"path": str, "sha256": str})
+    assert best["provenance"] == {"synthetic": False, "sources": {"data": {
+        "folder": str(tmp_path / "data"), "images": len(split), "split_sha256": dataset.split_hash(split)}}}
+    assert (best["preprocess"], best["crop"]) == ("none", "none")
     assert "Best trial" in done.stdout and "Test AUROC" in done.stdout
 
     # The confound check ran before any trial, and the console, the report and the model card state it.
@@ -103,6 +111,7 @@ def test_model_onnx_beside_the_best_model_reproduces_the_test_scores(e2e, tiny_d
     best = torch.load(run / "best_model.pt", weights_only=True)
     facts = export.facts(export.read_metadata(run / "model.onnx"))
     assert facts["threshold"] == best["threshold"] and facts["threshold_source"] == best["threshold_source"]
+    assert facts["provenance"] == best["provenance"] and (facts["preprocess"], facts["crop"]) == ("none", "none")
     scores = pd.read_csv(run / "test_scores.csv")
     images = np.stack([dataset.resize(dataset.load_gray(tiny_data / p), best["image_size"]) for p in scores["path"]])
     session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -66,9 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         cfg = to_config(args)
         loopback.unless_joining(None if cfg.address == "local" else cfg.address)  # before Ray is imported
+        from tbray.model import modelfile
         from tbray.predict import local, scorer
 
         model = scorer.open_model(cfg.model, cfg.onnx)
+        if warning := modelfile.synthetic_warning(model.facts):
+            print(warning, file=sys.stderr)
         origin = "--threshold" if cfg.threshold is not None else local.threshold_origin(model.facts)
         threshold = model.facts["threshold"] if cfg.threshold is None else cfg.threshold
         print(f"tbray: threshold {threshold:.4f} from {origin}", file=sys.stderr)

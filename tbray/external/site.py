@@ -70,6 +70,8 @@ def evaluate(model_file: Path, folder: Path, name: str, target: float | None = N
         raise UserError(f"{json_path}: an evaluation named {name!r} is already there{_of(json_path)}; "
                         "pass --name to keep both, or --replace to write over it")
     saved = modelfile.load_model_file(model_file)
+    if warning := modelfile.synthetic_warning(saved):
+        print(warning)
     target = target or (saved.get("threshold_source") or {}).get("target_sensitivity", metrics.WHO_TARGET["sensitivity"])
     internal = internal_figures(folder_of_model / "report.json")  # checked before the scoring
     record, table = scored(load(name, folder, model_file, saved), saved, target)
@@ -111,6 +113,8 @@ def calibrate(model_file: Path, folder: Path, target: float, out: Path) -> dict:
     """A copy of the model with a threshold chosen on the site's own labelled images; returns the record."""
     outputs.output_file(out, "--out", [model_file])  # the original model is kept unchanged
     saved = modelfile.load_model_file(model_file)
+    if warning := modelfile.synthetic_warning(saved):
+        print(warning)
     ext = load(Path(folder).resolve().name, folder, model_file, saved)
     record, table = scored(ext, saved, target)
     try:

@@ -32,7 +32,7 @@ PARITY_TOLERANCE = 1e-4  # largest |P(TB) ONNX Runtime - P(TB) PyTorch| accepted
 OPSET = 18  # the dynamo exporter's own default; ONNX Runtime 1.17+ runs it
 INPUT, OUTPUT = "image", "p_tb"
 CHECK_IMAGES = 8  # synthetic images checked when none are given (half of them with TB-like lesions)
-JSON_FIELDS = ("threshold_source", "calibration")  # metadata stored as JSON; absent keys are left out
+JSON_FIELDS = ("threshold_source", "calibration", "provenance")  # metadata stored as JSON; absent keys are left out
 
 
 class ParityError(Exception):

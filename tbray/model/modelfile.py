@@ -65,7 +65,7 @@ def _field_problem(saved: dict) -> str | None:
     for key, choices in (("preprocess", preprocess.EQUALIZE), ("crop", preprocess.CROPS)):  # absent: none
         if saved.get(key, "none") not in choices:
             return f"{key} {saved[key]!r} is not one of {', '.join(choices)}"
-    for key in ("threshold_source", "calibration"):  # records that predict and the report read, when present
+    for key in ("threshold_source", "calibration", "provenance"):  # records that predict and the report read, when present
         if saved.get(key) is not None and not isinstance(saved[key], dict):
             return f"{key} is not a record (a dict), but {type(saved[key]).__name__}"
     if not isinstance(saved["model_name"], str):
@@ -83,6 +83,15 @@ def _field_problem(saved: dict) -> str | None:
     if wrong or len(saved["model"]) != len(expected):
         first = wrong[0] if wrong else sorted(set(saved["model"]) - set(expected))[0]
         return f"the saved weights don't fit {saved['model_name']!r} ({len(wrong)} tensor(s) missing or of another shape, first {first!r})"
+    return None
+
+
+def synthetic_warning(saved: dict) -> str | None:
+    """The line predict, evaluate and calibrate print before scoring with a model trained on the demo's
+    synthetic images (its provenance says so); None for any other model."""
+    if ((saved.get("provenance") or {}).get("synthetic")):
+        return ("tbray: WARNING this model was trained on SYNTHETIC demo images (its provenance says so): its "
+                "scores say nothing about tuberculosis on real X-rays")
     return None
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import ray
 
 from tbray.config import SearchConfig
-from tbray.data import cache
+from tbray.data import cache, dataset
 from tbray.data.preprocess import Input
 from tbray.errors import UserError
 from tbray.external import sets
@@ -46,7 +46,7 @@ def run(cfg: SearchConfig, prepared: runfolder.Prepared, arrays: dict, best: dic
         raise UserError(str(exc))
     if warning := evaluation["threshold_selection"]["warning"]:
         print(f"tbray: WARNING {warning}")
-    saved = save_model(run_dir / "best_model.pt", state, best, evaluation)
+    saved = save_model(run_dir / "best_model.pt", state, best, evaluation, provenance(cfg, prepared))
     export.beside(saved, run_dir, parts["test"]["images"])  # model.onnx, checked on test images against PyTorch
     pd.DataFrame({"path": prepared.split.loc[prepared.split["split"] == "test", "path"].to_numpy(),
                   "source": prepared.split.loc[prepared.split["split"] == "test", "source"].to_numpy(),
@@ -105,7 +105,17 @@ def threshold_source(evaluation: dict) -> dict:
     return {"kind": "validation split", **{k: sel[k] for k in keys}}
 
 
-def save_model(path: Path, state: dict, best: dict, evaluation: dict) -> dict:
+def provenance(cfg: SearchConfig, prepared: runfolder.Prepared) -> dict:
+    """What the model learnt from, carried in its file (and ONNX metadata): synthetic or not, and per source
+    its folder, image count and one sha256 over its split.csv rows (path, label, split, file sha256)."""
+    out = {"synthetic": bool(cfg.demo), "sources": {}}
+    for name, root in prepared.roots.items():
+        rows = prepared.split[prepared.split["source"] == name]
+        out["sources"][name] = {"folder": str(root), "images": int(len(rows)), "split_sha256": dataset.split_hash(rows)}
+    return out
+
+
+def save_model(path: Path, state: dict, best: dict, evaluation: dict, origin: dict | None = None) -> dict:
     """The best model as one loadable file, with the threshold every later prediction must use."""
     payload = {k: state[k] for k in ("model", "model_name", "image_size", "mean", "std", "params")}
     spec = Input.of_model(state)  # the steps before the network, which every later scoring repeats
@@ -113,5 +123,7 @@ def save_model(path: Path, state: dict, best: dict, evaluation: dict) -> dict:
     payload |= {"threshold": float(evaluation["threshold"]), "threshold_source": threshold_source(evaluation),
                 "trial_id": best["trial_id"], "epoch": best["epoch"],
                 "run_folder": str(Path(path).parent.resolve())}  # its split.csv: which images the model has seen
+    if origin is not None:
+        payload["provenance"] = origin
     modelfile.save_atomic(payload, path)
     return payload
