@@ -14,7 +14,7 @@ from tbray.stats import assess
 
 PNGS = [
     "confusion_matrix.png", "confusion_matrix_0.5.png", "roc.png", "pr.png", "reliability.png",
-    "optuna_history.png", "optuna_importance.png", "val_auroc_per_epoch.png",
+    "optuna_history.png", "optuna_importance.png", "metric_per_epoch.png",
 ]
 FILES = ["report.json", "report.md", "model_card.md", "classification_report.txt", *PNGS]
 SECTIONS = [
@@ -69,7 +69,7 @@ def _write(run_dir, *, demo, duplicates):
     evaluation = assess.test(val_labels, val_scores, test_labels, test_scores, n_resamples=200)
     return run_report.write(
         run_dir, evaluation=evaluation, val_labels=val_labels, val_scores=val_scores,
-        test_labels=test_labels, test_scores=test_scores, trials=trials, history=history, study=_study(),
+        test_labels=test_labels, test_scores=test_scores, trials=trials, history=history, study=_study(n_trials=9),
         best={"trial_id": "t2", "epoch": 2, "params": {"lr": np.float64(1e-3), "batch_size": np.int64(16)},
               "checkpoint": run_dir / "t2" / "checkpoint", "metric": "val_auroc", "value": 0.95},
         config={"demo": demo, "num_samples": 5, "metric": "val_auroc", "mode": "max", "target_sensitivity": 0.9,
@@ -184,12 +184,30 @@ def test_importance_png_explains_instead_of_crashing(tmp_path, study):
         study.optimize(lambda trial: trial.suggest_categorical("lr", [0.1]) + trial.number, n_trials=3)
     path = plots.optuna_importance_png(study, tmp_path / "importance.png")
     assert path.stat().st_size > 0
-    history = plots.optuna_history_png(None, tmp_path / "history.png")
+    history = plots.search_history_png(pd.DataFrame(), "val_loss", "min", None, tmp_path / "history.png")
     assert history.stat().st_size > 0
 
 
+def test_importance_needs_eight_finished_trials_and_ranks_only_what_varied(tmp_path):
+    few = _study(n_trials=7)
+    assert plots._study_problem(few, plots.IMPORTANCE_MIN_TRIALS) == (
+        "Only 7 completed trial(s); at least 8 are needed.")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True) + 0 * t.suggest_categorical("size", [224]),
+                   n_trials=9)
+    assert plots._varying_params(study) == ["lr"]  # size had one value: not ranked
+    assert plots.optuna_importance_png(study, tmp_path / "importance.png").stat().st_size > 0
+
+
+def test_history_and_per_epoch_plots_use_tune_ids_and_mark_the_chosen_trial(tmp_path):
+    trials, history = _trials_and_history()
+    history = history.assign(train_loss=0.3)
+    assert plots.search_history_png(trials, "val_auroc", "max", "t2", tmp_path / "h.png").stat().st_size > 0
+    assert plots.metric_per_epoch_png(history, "val_auroc", "t2", tmp_path / "e.png").stat().st_size > 0
+
+
 def test_per_epoch_plot_without_history(tmp_path):
-    path = plots.val_auroc_per_epoch_png(pd.DataFrame(), tmp_path / "epochs.png")
+    path = plots.metric_per_epoch_png(pd.DataFrame(), "val_loss", None, tmp_path / "epochs.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -19,7 +19,7 @@ from tbray.stats import threshold
 
 OUTPUTS = ["split.csv", "trials.csv", "report.json", "classification_report.txt", "confusion_matrix.png",
            "best_model.pt", "optuna.db", "skipped.csv", "report.md", "roc.png", "pr.png", "reliability.png",
-           "optuna_history.png", "optuna_importance.png", "val_auroc_per_epoch.png", "model.onnx"]
+           "optuna_history.png", "optuna_importance.png", "metric_per_epoch.png", "model.onnx"]
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_search_end_to_end(e2e, tiny_data):
                     "Limits of this data set"):
         assert heading in page, heading
     for plot in ("roc.png", "pr.png", "reliability.png", "optuna_history.png", "optuna_importance.png",
-                 "val_auroc_per_epoch.png", "confusion_matrix.png"):
+                 "metric_per_epoch.png", "confusion_matrix.png"):
         assert f"({plot})" in page, plot
 
     # Later predictions use the saved model and its threshold, and reproduce the test scores.

@@ -22,9 +22,9 @@ DUPLICATE_METHOD = (
 PLOTS = {
     "roc.png": "ROC curve on the test split",
     "pr.png": "Precision-recall curve on the test split",
-    "optuna_history.png": "Optuna optimisation history",
+    "optuna_history.png": "Search history: each trial's best value of the search metric, by Tune id",
     "optuna_importance.png": "Hyperparameter importance",
-    "val_auroc_per_epoch.png": "Validation AUROC per epoch, one line per trial",
+    "metric_per_epoch.png": "The search metric and the training loss per epoch, the chosen trial drawn thick",
 }
 # Metrics of the headline table: (key in at_threshold, label, interval method).
 HEADLINE_ROWS = (

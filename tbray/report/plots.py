@@ -42,7 +42,7 @@ def _save(fig: Figure, path: Path | str) -> Path:
     """Save fig as PNG at path (creating folders) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.15)  # no label clipped at the edge
     return path
 
 
@@ -93,8 +93,9 @@ def pr_curve_png(labels, scores, threshold: float, path: Path | str,
             label=f"threshold {threshold:.3f} "
                   f"(recall {point['sensitivity']:.2f}, precision {point['precision']:.2f})",
         )
-    ax.set(title=title, xlabel="recall (sensitivity)", ylabel="precision (PPV)")
-    ax.legend(loc="lower left")
+    ax.set(title=title, xlabel="recall (sensitivity)", ylabel="precision (PPV)", ylim=(0, 1.02))
+    # Below the axes: inside, the legend covers the chance line wherever the prevalence puts it.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize="small")
     return _save(fig, path)
 
 
@@ -159,14 +160,28 @@ def _optuna_plots_are_experimental():
         yield
 
 
-def optuna_history_png(study: optuna.Study | None, path: Path | str) -> Path:
-    """Write Optuna's optimisation history, or a message PNG when there is nothing to show."""
-    problem = _study_problem(study, min_complete=1)
-    if problem:
-        return message_png(path, "Optimisation history", problem)
-    # Optuna calls plt.style.use("ggplot"); rc_context keeps that from leaking out.
-    with matplotlib.rc_context(), _optuna_plots_are_experimental():
-        return _save_pyplot(optuna_plots.plot_optimization_history(study), path)
+def search_history_png(trials: pd.DataFrame, objective: str, mode: str, chosen: str | None, path: Path | str) -> Path:
+    """Each trial's best `objective` in the order Tune started them, named by Tune id, with the best so far
+    and the chosen trial marked: the search's progress in the words trials.csv and the console use."""
+    column, title = f"best_{objective}", "Search history"
+    if trials.empty or column not in trials or trials[column].isna().all():
+        return message_png(path, title, f"No trial reported {objective} yet.")
+    values = trials[column].to_numpy(dtype=float)
+    order = np.arange(1, len(trials) + 1)
+    best = np.fmin.accumulate(values) if mode == "min" else np.fmax.accumulate(values)
+    fig, ax = _figure(figsize=(7, 4.5))
+    ax.plot(order, values, "o", color="tab:blue", label="each trial's best epoch")
+    ax.plot(order, best, "-", color="tab:orange", drawstyle="steps-post", label="best so far")
+    if chosen is not None and chosen in set(trials["trial_id"]):
+        i = int(np.flatnonzero(trials["trial_id"].to_numpy() == chosen)[0])
+        ax.plot(order[i], values[i], **OPERATING_POINT_STYLE, label=f"chosen: {chosen}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(trials) <= 20:
+        ax.set_xticks(order, trials["trial_id"].astype(str), rotation=45, ha="right", fontsize="small")
+    ax.set(xlabel="trial (Tune id, in the order started)", ylabel=f"{objective} ({'lower' if mode == 'min' else 'higher'} is better)",
+           title=f"{title}: {len(trials)} trial(s)")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
 
 
 def _varying_params(study: optuna.Study) -> list[str]:
@@ -176,36 +191,58 @@ def _varying_params(study: optuna.Study) -> list[str]:
     return [name for name in names if len({repr(t.params.get(name)) for t in completed}) > 1]
 
 
+IMPORTANCE_MIN_TRIALS = 8  # fANOVA on fewer finished trials ranks noise
+
+
 def optuna_importance_png(study: optuna.Study | None, path: Path | str) -> Path:
-    """Write Optuna's parameter importances, or a message PNG saying why they are unavailable."""
+    """Write Optuna's parameter importances over the parameters that varied, from at least
+    IMPORTANCE_MIN_TRIALS finished trials, or a message PNG saying why they are unavailable."""
     title = "Hyperparameter importance"
-    problem = _study_problem(study, min_complete=2)
+    problem = _study_problem(study, min_complete=IMPORTANCE_MIN_TRIALS)
     if problem is None and not _varying_params(study):
         problem = "No hyperparameter varied across the completed trials."
     if problem:
         return message_png(path, title, problem)
     try:
+        n = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         with matplotlib.rc_context(), _optuna_plots_are_experimental():
-            return _save_pyplot(optuna_plots.plot_param_importances(study), path)
+            ax = optuna_plots.plot_param_importances(study, params=_varying_params(study))
+            for where in ("left", "center"):  # Optuna's own title (on the left), replaced by one that says
+                ax.set_title("", loc=where)  # how much it rests on
+            ax.set_title(f"{title}: fANOVA over {n} finished trials, parameters that varied")
+            ax.set_xlabel("share of the search metric's variance explained")
+            if ax.get_legend() is not None:
+                ax.get_legend().remove()  # "Objective Value": one series, named on the x axis
+            return _save_pyplot(ax, path)
     except Exception as error:  # noqa: BLE001 - a missing importance plot must never lose the evaluation
         return message_png(path, title, f"Parameter importances could not be computed: {error}")
 
 
-def val_auroc_per_epoch_png(history: pd.DataFrame, path: Path | str, metric: str = "val_auroc") -> Path:
-    """Write one line per trial of metric against epoch."""
-    title = f"{metric} per epoch"
-    missing = {"trial_id", "epoch", metric} - set(history.columns)
+def metric_per_epoch_png(history: pd.DataFrame, objective: str, chosen: str | None, path: Path | str) -> Path:
+    """The search metric per epoch, one line per trial, the chosen trial drawn thick; train loss beside it."""
+    title = f"{objective} per epoch"
+    missing = {"trial_id", "epoch", objective} - set(history.columns)
     if missing or history.empty:
         reason = f"history lacks column(s) {sorted(missing)}" if missing else "history is empty"
         return message_png(path, title, f"Nothing to plot: {reason}.")
-    fig, ax = _figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2, sharex=True)
     groups = history.sort_values("epoch").groupby("trial_id", sort=True)
     for trial_id, trial in groups:
-        ax.plot(trial["epoch"], trial[metric], marker=".", label=str(trial_id))
-    ax.set(xlabel="epoch", ylabel=metric, title=title)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        mine = trial_id == chosen
+        style = {"linewidth": 3 if mine else 1, "zorder": 3 if mine else 2, "alpha": 1 if mine or chosen is None else 0.6}
+        line, = left.plot(trial["epoch"], trial[objective], marker=".", label=f"{trial_id}{' (chosen)' if mine else ''}", **style)
+        if "train_loss" in trial:
+            right.plot(trial["epoch"], trial["train_loss"], marker=".", color=line.get_color(), **style)
+    if "train_loss" not in history:
+        right.text(0.5, 0.5, "no training loss in this history", ha="center", va="center", transform=right.transAxes)
+    left.set(xlabel="epoch", ylabel=objective, title=f"Validation: {objective}")
+    right.set(xlabel="epoch", ylabel="train_loss", title="Training loss (weighted BCE)")
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if groups.ngroups <= 12:  # beyond that the legend hides the lines
-        ax.legend(title="trial", fontsize="small")
+        left.legend(title="trial (Tune id)", fontsize="small")
     return _save(fig, path)
 
 

@@ -80,8 +80,14 @@ def classification_text(test_labels, test_scores, evaluation: dict) -> str:
     return "\n".join(parts)
 
 
-def _write_plots(run_dir: Path, evaluation: dict, test_labels, test_scores,
-                 history: pd.DataFrame, study: optuna.Study | None) -> None:
+def searched(best: dict) -> tuple[str, str | None]:
+    """(the search's objective, the trial it chose): leave-source-out's chosen configuration, not its refit."""
+    chosen = best.get("selection") or {}
+    return chosen.get("objective") or best.get("metric") or "val_loss", chosen.get("chosen_trial_id") or best.get("trial_id")
+
+
+def _write_plots(run_dir: Path, evaluation: dict, test_labels, test_scores, history: pd.DataFrame,
+                 study: optuna.Study | None, trials: pd.DataFrame, best: dict, mode: str) -> None:
     """Write every PNG of the report into run_dir."""
     threshold, cm = evaluation["threshold"], evaluation["confusion_matrix"]
     plots.roc_curve_png(test_labels, test_scores, threshold, run_dir / "roc.png")
@@ -90,9 +96,10 @@ def _write_plots(run_dir: Path, evaluation: dict, test_labels, test_scores,
     plots.confusion_matrix_png(
         evaluation["confusion_matrix_0.5"], run_dir / "confusion_matrix_0.5.png", "Test, threshold 0.5")
     plots.reliability_png(evaluation["calibration"], run_dir / "reliability.png")
-    plots.optuna_history_png(study, run_dir / "optuna_history.png")
+    objective, chosen = searched(best)
+    plots.search_history_png(trials, objective, mode, chosen, run_dir / "optuna_history.png")
     plots.optuna_importance_png(study, run_dir / "optuna_importance.png")
-    plots.val_auroc_per_epoch_png(history, run_dir / "val_auroc_per_epoch.png")
+    plots.metric_per_epoch_png(history, objective, chosen, run_dir / "metric_per_epoch.png")
 
 
 def build(*, evaluation: dict, val_labels, val_scores, trials: pd.DataFrame, history: pd.DataFrame,
@@ -121,7 +128,8 @@ def write(run_dir: Path, *, evaluation: dict, val_labels, val_scores, test_label
     """Write report.json, report.md, classification_report.txt and all plots; return the report."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_plots(run_dir, evaluation, test_labels, test_scores, history, study)
+    _write_plots(run_dir, evaluation, test_labels, test_scores, history, study, trials, best,
+                 config.get("mode", "min"))
     (run_dir / "classification_report.txt").write_text(
         classification_text(test_labels, test_scores, evaluation), encoding="utf-8")
     report = build(evaluation=evaluation, val_labels=val_labels, val_scores=val_scores, trials=trials,
