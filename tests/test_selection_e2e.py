@@ -65,10 +65,13 @@ def test_the_chosen_configuration_is_trained_on_every_source_and_reported_per_so
     assert report["best"]["params"] == pytest.approx({k: chosen_row[k] for k in report["best"]["params"]})
     assert set(report["sources"]["test"]) == {"site-a", "b"}
     assert sum(r["n"] for r in report["sources"]["test"].values()) == report["evaluation"]["n_test"]
+    split = pd.read_csv(run / "split.csv")
     page = (run / "report.md").read_text()
     assert page.splitlines()[2] == "## How far the figures travel"
-    assert "| left out: site-a (validation, while not trained on) |" in page and "| internal test: b |" in page
-    split = pd.read_csv(run / "split.csv")
+    assert "| internal test: b |" in page
+    row = next(line for line in page.splitlines() if line.startswith("| left out: site-a (validation, while not trained on) |"))
+    n_val = int((split["source"].eq("site-a") & split["split"].eq("val")).sum())
+    assert row.split(" | ")[1] == str(n_val) and "[" in row.split(" | ")[3]  # its images, and an AUROC interval
     assert set(split["source"]) == {"site-a", "b"}
     where = split.set_index("path")["split"]
     assert where["site-a/Tuberculosis/Tuberculosis-3.png"] == where["b/Tuberculosis/copied-from-a.png"]

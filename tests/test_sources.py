@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score as skm_auroc
 
 from tbray.commands import search as cli
 from tbray.config import SearchConfig, objective
@@ -122,10 +123,14 @@ def test_each_rule_ranks_crafted_scores_as_it_says():
     flat = selection.flat(by)
     assert flat["val_auroc/inverted"] == 0.0 and flat["val_loss/easy"] == by["easy"]["val_loss"]
     # Leave-source-out: the mean over the left-out folds, each fold's own figure kept.
-    held = selection.heldout({"a": {"epoch": 1, "val_loss": 0.2, "val_auroc": 0.9},
-                              "b": {"epoch": 1, "val_loss": 0.6, "val_auroc": 0.5}})
+    held = selection.heldout({"a": {"epoch": 1, "val_loss": 0.2, "val_auroc": 0.9, "val_n": 80},
+                              "b": {"epoch": 1, "val_loss": 0.6, "val_auroc": 0.5, "val_n": 300}})
     assert held["heldout_val_loss"] == pytest.approx(0.4) and held["heldout_val_auroc"] == pytest.approx(0.7)
     assert held["val_auroc/b"] == 0.5 and "heldout_epoch" not in held
+    assert held["val_n/a"] == 80 and "heldout_val_n" not in held  # counts are kept per source, not averaged
+    detail = selection.left_out_detail(labels, scores, seed=0)
+    assert detail["val_n"] == 20 and detail["val_n_tb"] == 4
+    assert detail["val_auroc_ci_low"] <= skm_auroc(labels, scores) <= detail["val_auroc_ci_high"]
     assert [objective("val_auroc", r) for r in ("pooled", "worst-source", "leave-source-out")] == [
         "val_auroc", "worst_val_auroc", "heldout_val_auroc"]
 

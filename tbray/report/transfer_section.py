@@ -73,9 +73,11 @@ def rows(report: dict) -> list[str]:
                         (e["sensitivity"], *(e.get("sensitivity_ci") or (None, None))),
                         (e["specificity"], *(e.get("specificity_ci") or (None, None))), e.get("average_precision")))
     for source, f in left_out(record.get("chosen")).items():
-        out.append(_row(f"left out: {source} (validation, while not trained on)", None, None,
-                        (f.get("val_auroc"), None, None), (f.get("val_sensitivity"), None, None),
-                        (f.get("val_specificity"), None, None)))
+        n, n_tb = f.get("val_n"), f.get("val_n_tb")
+        out.append(_row(f"left out: {source} (validation, while not trained on)", int(n) if n else None,
+                        int(n_tb) if n_tb is not None else None,
+                        (f.get("val_auroc"), f.get("val_auroc_ci_low"), f.get("val_auroc_ci_high")),
+                        (f.get("val_sensitivity"), None, None), (f.get("val_specificity"), None, None)))
     return out
 
 

@@ -50,10 +50,22 @@ def worst_source(by_source: dict[str, dict]) -> dict[str, float]:
 
 def heldout(fold_rows: dict[str, dict]) -> dict[str, float]:
     """Leave-source-out: heldout_val_<figure>, the mean over folds of each left-out source's figure, and each
-    fold's own figure as val_<figure>/<source>."""
+    fold's own figures (its AUROC interval and image counts too, `left_out_detail`) as val_<...>/<source>."""
     out = {}
     for key in next(iter(fold_rows.values())):
         if key.startswith("val_") and "/" not in key:
-            out[f"heldout_{key}"] = float(np.mean([row[key] for row in fold_rows.values()]))
+            if key[len("val_"):] in FIGURES:
+                out[f"heldout_{key}"] = float(np.mean([row[key] for row in fold_rows.values()]))
             out |= {f"{key}/{name}": float(row[key]) for name, row in fold_rows.items()}
     return out
+
+
+LEFT_OUT_RESAMPLES = 500  # each epoch of a fold; fewer than the final test's 2000, as it runs every epoch
+
+
+def left_out_detail(labels: np.ndarray, scores: np.ndarray, seed: int) -> dict[str, float]:
+    """A left-out source's validation images: their count, TB count and the AUROC's 95% bootstrap interval."""
+    low, high = metrics.bootstrap_ci(labels, scores, metrics.auroc_rows, n_resamples=LEFT_OUT_RESAMPLES, seed=seed,
+                                     split_name="left-out validation")
+    return {"val_n": int(len(labels)), "val_n_tb": int(labels.sum()), "val_auroc_ci_low": low,
+            "val_auroc_ci_high": high}

@@ -163,8 +163,11 @@ def trial_objective(settings, fold: int | None) -> str:
 
 
 def by_source(settings, fold: int | None, labels, scores, codes) -> dict:
-    """Per-source validation figures (val_<figure>/<source>) and, for worst-source, their worst (worst_val_*)."""
-    if fold is not None or len(settings.sources) < 2:
+    """Per-source validation figures (val_<figure>/<source>) and, for worst-source, their worst (worst_val_*);
+    for a leave-source-out fold, its left-out images' count and AUROC interval."""
+    if fold is not None:  # a left-out source: how many images, and how sure its AUROC is
+        return selection.left_out_detail(labels, scores, settings.seed)
+    if len(settings.sources) < 2:
         return {}
     figures = selection.per_source(labels, scores, codes, list(settings.sources))
     return selection.flat(figures) | selection.worst_source(figures)
