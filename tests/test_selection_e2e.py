@@ -71,7 +71,7 @@ def test_the_chosen_configuration_is_trained_on_every_source_and_reported_per_so
     assert "| internal test: b |" in page
     row = next(line for line in page.splitlines() if line.startswith("| left out: site-a (validation, while not trained on) |"))
     n_val = int((split["source"].eq("site-a") & split["split"].eq("val")).sum())
-    assert row.split(" | ")[1] == str(n_val) and "[" in row.split(" | ")[3]  # its images, and an AUROC interval
+    assert row.split(" | ")[1] == str(n_val)  # its images (an AUROC interval too, when each class has 2 or more)
     assert set(split["source"]) == {"site-a", "b"}
     where = split.set_index("path")["split"]
     assert where["site-a/Tuberculosis/Tuberculosis-3.png"] == where["b/Tuberculosis/copied-from-a.png"]

@@ -23,6 +23,7 @@ def _num(value) -> str:
 
 
 def _ci(value, low, high) -> str:
+    low, high = (None if v is None or v != v else v for v in (low, high))  # NaN: no interval
     if value is None:
         return "n/a"
     return f"{value:.3f} [{_num(low)}, {_num(high)}]" if low is not None else f"{value:.3f}"
@@ -35,6 +36,7 @@ def _est(estimate: dict | None) -> tuple:
 
 def verdict(auroc, low, high) -> str:
     """The AUROC in words, its interval taken into account."""
+    low, high = (None if v is None or v != v else v for v in (low, high))  # NaN: no interval
     if auroc is None:
         return "no AUROC (one class only)"
     if high is not None and high < 0.5:

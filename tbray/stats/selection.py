@@ -65,7 +65,9 @@ LEFT_OUT_RESAMPLES = 500  # each epoch of a fold; fewer than the final test's 20
 
 def left_out_detail(labels: np.ndarray, scores: np.ndarray, seed: int) -> dict[str, float]:
     """A left-out source's validation images: their count, TB count and the AUROC's 95% bootstrap interval."""
-    low, high = metrics.bootstrap_ci(labels, scores, metrics.auroc_rows, n_resamples=LEFT_OUT_RESAMPLES, seed=seed,
-                                     split_name="left-out validation")
+    low = high = float("nan")  # a class with one image has no interval to resample
+    if min(int(labels.sum()), int((labels == 0).sum())) >= 2:
+        low, high = metrics.bootstrap_ci(labels, scores, metrics.auroc_rows, n_resamples=LEFT_OUT_RESAMPLES,
+                                         seed=seed, split_name="left-out validation")
     return {"val_n": int(len(labels)), "val_n_tb": int(labels.sum()), "val_auroc_ci_low": low,
             "val_auroc_ci_high": high}
