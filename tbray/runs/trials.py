@@ -18,7 +18,7 @@ STEPS = ["preprocess", "crop"]  # chosen by Optuna only when searched (SearchSpa
 HISTORY = ["trial_id", "epoch", "train_loss", "val_loss", "val_accuracy", "val_auroc", "val_sensitivity",
            "val_specificity", "val_f1", "startup_s", "epoch_s", "checkpoint_path", "time_total_s", "node_id",
            "best_val_loss", "best_val_auroc", "best_val_f1", "best_val_accuracy", "best_val_sensitivity",
-           "best_val_specificity"]  # best_<metric>: the trial's best epoch so far, as Optuna saw it
+           "best_val_specificity", "data_path"]  # best_<metric>: the trial's best epoch so far, as Optuna saw it
 UNFINISHED = {"PENDING", "RUNNING", "PAUSED"}  # Tune's words for a trial a resume must continue
 
 
@@ -91,6 +91,8 @@ def collect(grid: ResultGrid, cfg: SearchConfig) -> tuple[pd.DataFrame, pd.DataF
             row |= {f"best_{cfg.objective}": top[cfg.objective], "best_epoch": int(top["epoch"])}
             row |= {f"last_{k}": h.iloc[-1][k] for k in h if k.startswith("val_")}
             row["checkpoint_path"] = top.get("checkpoint_path")
+        paths = h["data_path"].dropna() if "data_path" in h else []
+        row["data_path"] = paths.iloc[-1] if len(paths) else None  # resident on the device, or a DataLoader
         row["error"] = _error(result)
         rows.append(row)
     history = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=HISTORY)
@@ -113,6 +115,13 @@ def write(run_dir: Path, table: pd.DataFrame, history: pd.DataFrame) -> None:
     """trials.csv and history.csv in the run folder."""
     table.to_csv(run_dir / "trials.csv", index=False)
     history.to_csv(run_dir / "history.csv", index=False)
+
+
+def data_paths(table: pd.DataFrame) -> str:
+    """How the trials' training images travelled, for the console: '4 resident on the device, 1 DataLoader'."""
+    counts = table["data_path"].value_counts() if "data_path" in table else {}
+    words = {"resident": "resident on the device (copied once)", "loader": "through a DataLoader each epoch"}
+    return ", ".join(f"{n} {words.get(path, path)}" for path, n in counts.items()) or "no trial reported one"
 
 
 def interrupted(grid: ResultGrid, cfg: SearchConfig) -> bool:

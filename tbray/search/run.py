@@ -187,6 +187,7 @@ def finish(cfg: SearchConfig, grid, prepared: runfolder.Prepared, arrays: dict, 
     """What the trials did, then (unless interrupted) the one evaluation of the best checkpoint."""
     table, history = trials.collect(grid, cfg)
     trials.write(runfolder.path(cfg), table, history)
+    print(f"tbray: trials' training images: {trials.data_paths(table)}")
     if trials.interrupted(grid, cfg) or interrupt.requested():
         print(f"tbray: search {interrupt.reason()}; continue with: {runfolder.resume_command(cfg)}")
         return interrupt.exit_code()

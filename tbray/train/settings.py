@@ -29,6 +29,9 @@ class TrainSettings:
     selection: str = "pooled"  # how validation ranks a trial (tbray.config.SELECTIONS); sets the objective
     sources: tuple[str, ...] = ()  # the search's sources, in the order of the codes the data carry
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # and whenever the metric improves, and at the last epoch
+    # Where training images wait between steps: "auto" copies them to a GPU once when they fit
+    # (RESIDENT_SHARE of its free memory), else a DataLoader per epoch; "resident" and "loader" force one.
+    data_path: str = "auto"
 
 
 @dataclass(frozen=True)

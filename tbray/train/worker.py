@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from tbray.config import objective
-from tbray.data.arrays import ArrayDataset, collate_batch
+from tbray.data.arrays import ArrayDataset, EpochPermutation, ResidentBatches, collate_batch, nbytes
 from tbray.model import augment
 from tbray.model import factory as tbmodel
 from tbray.model.modelfile import load_checkpoint, save_checkpoint
+from tbray.model import scoring
 from tbray.model.scoring import score_loader
 from tbray.stats import metrics, selection
 from tbray.train.settings import TrialSpec
@@ -52,19 +53,42 @@ def fold_data(data: dict, fold: int | None) -> dict:
     return parts
 
 
-def loaders(data: dict, batch_size: int, eval_batch_size: int, seed: int) -> tuple:
-    """Training loader (sharded by Ray across workers) and the full validation loader."""
-    world = ray.train.get_context().get_world_size()
+RESIDENT_SHARE = 0.25  # of a GPU's free memory the arrays may take; the rest is for activations and packed trials
+
+
+def resident(data: dict, device: torch.device, wanted: str) -> bool:
+    """Whether this trial's arrays go to the device once ("auto": on a GPU, when they fit RESIDENT_SHARE)."""
+    if wanted != "auto":
+        return wanted == "resident"
+    if device.type != "cuda":
+        return False  # a CPU trial's arrays are in its memory already
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes(data) <= RESIDENT_SHARE * free
+
+
+def loaders(data: dict, batch_size: int, eval_batch_size: int, seed: int, on_device: bool = False) -> tuple:
+    """Training batches (sharded across workers) and the validation set: both on the device when
+    `on_device`, else a training DataLoader (its sampler the same epoch order) and a validation loader."""
+    context = ray.train.get_context()
+    world = context.get_world_size()
     per_worker = max(1, batch_size // world)  # batch_size is the trial's global batch
-    train = DataLoader(ArrayDataset(data["train"]["images"], data["train"]["labels"]), batch_size=per_worker,
-                       shuffle=True, drop_last=True,
+    if on_device:
+        device = ray.train.torch.get_device()
+        train = ResidentBatches(data["train"]["images"], data["train"]["labels"], per_worker, seed, device,
+                                context.get_world_rank(), world)
+        val = {key: torch.from_numpy(np.array(data["val"][key])).to(device) for key in ("images", "labels")}
+        return train, val
+    train_set = ArrayDataset(data["train"]["images"], data["train"]["labels"])
+    train = DataLoader(train_set, batch_size=per_worker, sampler=EpochPermutation(len(train_set), seed), drop_last=True,
                        collate_fn=collate_batch, generator=torch.Generator().manual_seed(seed),
                        pin_memory=torch.cuda.is_available())  # pinned pages let the copy overlap compute
     train = ray.train.torch.prepare_data_loader(train)
     # Every worker scores the whole (small) validation set, so all ranks report identical metrics
     # without padding duplicates that a DistributedSampler would add.
+    # A generator of its own: a DataLoader without one draws its base seed from torch's global generator at
+    # every pass, which would shift the next epoch's augmentation by the validation pass.
     val = DataLoader(ArrayDataset(data["val"]["images"], data["val"]["labels"]), batch_size=eval_batch_size,
-                     collate_fn=collate_batch)
+                     collate_fn=collate_batch, generator=torch.Generator().manual_seed(seed))
     return train, val
 
 
@@ -74,8 +98,8 @@ class Ready:
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    train_loader: DataLoader
-    val_loader: DataLoader
+    train_loader: DataLoader | ResidentBatches  # ResidentBatches: the arrays copied to the device once
+    val_loader: DataLoader | dict  # dict: images and labels as tensors on the device
     pos_weight: torch.Tensor
     val_sources: np.ndarray  # each validation image's source code, for per-source figures
     start_epoch: int  # 0, or the epoch of the checkpoint this worker resumed from
@@ -92,13 +116,17 @@ def get_ready(spec: TrialSpec, entered: float, imported: float) -> Ready:
     data = fold_data(ray.get(spec.data), spec.fold)
     weights = ray.get(spec.weights) if spec.weights is not None else None
     fetched = time.time()
-    train_loader, val_loader = loaders(data, params.batch_size, settings.eval_batch_size, settings.seed)
+    on_device = resident({p: {k: v for k, v in a.items() if k != "sources"} for p, a in data.items()}, device,
+                         settings.data_path)
+    train_loader, val_loader = loaders(data, params.batch_size, settings.eval_batch_size, settings.seed, on_device)
     labels = data["train"]["labels"]
     # Weighted loss for the ~5:1 Normal:TB imbalance, so a constant "Normal" answer isn't a minimum.
     pos_weight = torch.tensor((labels == 0).sum() / max(1, (labels == 1).sum()), dtype=torch.float32, device=device)
     model = tbmodel.create(settings.model, weights).to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    # Fused AdamW (one kernel per step for all parameters) where the device has it; CPU steps stay as they were.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay,
+                                  fused=device.type == "cuda")
 
     # Resume: after a worker failure or an interrupted search, carry on from the latest checkpoint.
     start_epoch, best_so_far = 0, None
@@ -108,7 +136,7 @@ def get_ready(spec: TrialSpec, entered: float, imported: float) -> Ready:
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_so_far = state["epoch"], state.get("best_so_far")
-    startup = {"startup_worker_group_s": entered - spec.started, "startup_imports_s": imported - entered,
+    startup = {"data_path": "resident" if on_device else "loader", "startup_worker_group_s": entered - spec.started, "startup_imports_s": imported - entered,
                "startup_data_s": fetched - imported, "startup_model_s": time.time() - fetched}
     return Ready(model, optimizer, train_loader, val_loader, pos_weight, data["val"]["sources"], start_epoch,
                  best_so_far, startup)
@@ -134,14 +162,14 @@ def worker_loop(spec: TrialSpec, entered: float | None = None) -> None:
     for epoch in range(ready.start_epoch, params.epochs):
         if fail_at == (epoch + 1, params.batch_size):
             raise RuntimeError(f"injected failure (test hook) at epoch {epoch + 1}, batch size {params.batch_size}")
-        if ray.train.get_context().get_world_size() > 1:
+        if ray.train.get_context().get_world_size() > 1 and hasattr(ready.train_loader, "sampler"):
             ready.train_loader.sampler.set_epoch(epoch)  # DistributedSampler reshuffles only when told
 
         # Train one epoch on the trial's LR schedule, then validate.
         epoch_start = time.time()
         train_loss = train_epoch(model, ready.train_loader, optimizer, schedule, epoch * steps_per_epoch,
                                  ready.pos_weight, device, settings.mean, settings.std)
-        scores, val_labels, val_loss = score_loader(model, ready.val_loader, device, settings.mean, settings.std)
+        scores, val_labels, val_loss = validate(model, ready.val_loader, device, settings)
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "startup_s": startup_s,
                "epoch_s": time.time() - epoch_start, "node_id": node_id,
                **{f"val_{k}": v for k, v in metrics.epoch_metrics(val_labels, scores).items()},
@@ -154,6 +182,21 @@ def worker_loop(spec: TrialSpec, entered: float | None = None) -> None:
         save = rank == 0 and checkpoint_due(epoch + 1, params.epochs, settings.checkpoint_every,
                                             improved=best_so_far != previous)
         report(row, checkpoint_state(spec, model, optimizer, epoch + 1, best_so_far) if save else None)
+
+
+@torch.no_grad()
+def validate(model, val, device, settings) -> tuple:
+    """P(TB), labels and mean loss of the validation set: from its loader, or (on the device) batch by batch
+    with the scores kept there, so the host waits once per epoch rather than once per batch."""
+    if not isinstance(val, dict):
+        return score_loader(model, val, device, settings.mean, settings.std)
+    model.eval()
+    images, labels = val["images"], val["labels"]
+    logits = torch.cat([scoring.logits(model, images[i:i + settings.eval_batch_size], device, settings.mean,
+                                       settings.std) for i in range(0, len(labels), settings.eval_batch_size)])
+    loss = F.binary_cross_entropy_with_logits(logits, labels.float(), reduction="sum") / max(1, len(labels))
+    scores = torch.sigmoid(logits)
+    return scores.cpu().numpy(), labels.cpu().numpy(), float(loss)  # the one host sync
 
 
 def trial_objective(settings, fold: int | None) -> str:
