@@ -54,7 +54,11 @@ def _history(result: Result, trial_id: str) -> pd.DataFrame:
     h = result.metrics_dataframe
     if h is None or not len(h) or "epoch" not in h:
         return pd.DataFrame(columns=["epoch"])
-    # A trial restarted by a resume reports from its checkpoint's epoch on; keep the last report of each.
+    # A trial restarted by a resume reports from its checkpoint's epoch on; keep the last report of each,
+    # with the checkpoint an earlier report of that epoch saved (a trial restored with no epoch left says its
+    # last epoch again, without saving it again).
+    if "checkpoint_path" in h:
+        h = h.assign(checkpoint_path=h.groupby("epoch")["checkpoint_path"].transform(lambda s: s.ffill().bfill()))
     return h.assign(trial_id=trial_id).drop_duplicates("epoch", keep="last").sort_values("epoch")
 
 

@@ -103,6 +103,7 @@ class Ready:
     pos_weight: torch.Tensor
     val_sources: np.ndarray  # each validation image's source code, for per-source figures
     start_epoch: int  # 0, or the epoch of the checkpoint this worker resumed from
+    last_row: dict | None  # that checkpoint's epoch report (None before any, or from an older checkpoint)
     best_so_far: float | None  # the trial's best metric up to start_epoch (None before any epoch)
     startup: dict  # startup_<phase>_s: seconds per start-up phase, reported with the first epoch
 
@@ -129,17 +130,17 @@ def get_ready(spec: TrialSpec, entered: float, imported: float) -> Ready:
                                   fused=device.type == "cuda")
 
     # Resume: after a worker failure or an interrupted search, carry on from the latest checkpoint.
-    start_epoch, best_so_far = 0, None
+    start_epoch, best_so_far, last_row = 0, None, None
     if checkpoint := ray.train.get_checkpoint():
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(directory)
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best_so_far = state["epoch"], state.get("best_so_far")
+        start_epoch, best_so_far, last_row = state["epoch"], state.get("best_so_far"), state.get("row") or None
     startup = {"data_path": "resident" if on_device else "loader", "startup_worker_group_s": entered - spec.started, "startup_imports_s": imported - entered,
                "startup_data_s": fetched - imported, "startup_model_s": time.time() - fetched}
     return Ready(model, optimizer, train_loader, val_loader, pos_weight, data["val"]["sources"], start_epoch,
-                 best_so_far, startup)
+                 last_row, best_so_far, startup)
 
 
 def worker_loop(spec: TrialSpec, entered: float | None = None) -> None:
@@ -153,6 +154,12 @@ def worker_loop(spec: TrialSpec, entered: float | None = None) -> None:
     node_id = ray.get_runtime_context().get_node_id()  # which node ran the trial, for the record
     ready = get_ready(spec, entered or imported, imported)
     model, optimizer, best_so_far = ready.model, ready.optimizer, ready.best_so_far
+    if ready.start_epoch >= params.epochs:
+        # Restored from the checkpoint of its last epoch (a kill between that checkpoint and Tune's record of
+        # the trial's end): nothing is left to train, so say again what that epoch reported, and end.
+        report(ready.last_row or {"epoch": ready.start_epoch,
+                                  f"best_{trial_objective(settings, spec.fold)}": best_so_far}, None)
+        return
 
     # Trial start-up cost (worker group, imports, data, model, weights), reported with every epoch.
     startup_s = time.time() - spec.started
@@ -181,7 +188,7 @@ def worker_loop(spec: TrialSpec, entered: float | None = None) -> None:
         # All ranks report the same metrics; rank 0 alone writes a checkpoint, and only on the epochs it must.
         save = rank == 0 and checkpoint_due(epoch + 1, params.epochs, settings.checkpoint_every,
                                             improved=best_so_far != previous)
-        report(row, checkpoint_state(spec, model, optimizer, epoch + 1, best_so_far) if save else None)
+        report(row, checkpoint_state(spec, model, optimizer, epoch + 1, best_so_far, row) if save else None)
 
 
 @torch.no_grad()
@@ -230,12 +237,14 @@ def better(value: float, best: float | None, mode: str) -> float:
     return min(value, best) if mode == "min" else max(value, best)
 
 
-def checkpoint_state(spec: TrialSpec, model, optimizer, epoch: int, best_so_far: float) -> dict:
-    """What a checkpoint holds: enough to resume training, and to score images with no other file."""
+def checkpoint_state(spec: TrialSpec, model, optimizer, epoch: int, best_so_far: float, row: dict | None = None) -> dict:
+    """What a checkpoint holds: enough to resume training, to score images with no other file, and the
+    epoch's report (`row`: numbers and words only), said again by a trial restored with no epoch left."""
     settings, params = spec.settings, spec.params
     return {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
             "model_name": settings.model, "image_size": params.image_size, "mean": settings.mean,
             "std": settings.std, "best_so_far": best_so_far, "preprocess": params.preprocess, "crop": params.crop,
+            "row": {k: v for k, v in (row or {}).items() if isinstance(v, (int, float, str))},
             "params": {"epochs": params.epochs, "batch_size": params.batch_size, "lr": params.lr,
                        "weight_decay": params.weight_decay}}
 
