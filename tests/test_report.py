@@ -222,3 +222,11 @@ def test_a_write_that_fails_leaves_the_old_file_whole_and_no_temporary_file(tmp_
         write_atomic(blocked, "new")
     assert target.read_text() == '{"old": 1}' and blocked.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.json", "report.json"]
+
+
+def test_names_from_outside_reach_report_md_inert(tmp_path):
+    hostile = {**DUPLICATE, "examples": [["<img src=x onerror=alert(1)>.png", "[click](http://evil)|`x`.png"]]}
+    _write(tmp_path, demo=False, duplicates=[hostile])
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;.png" in text
+    assert "[click](http://evil)" not in text and "\\[click\\](http://evil)\\|\\`x\\`" in text

@@ -7,6 +7,7 @@ can't drift from the numbers it summarises.
 from __future__ import annotations
 
 from tbray.report import confound_section
+from tbray.report.page import escape
 
 SECTIONS = ("Model details", "Intended use", "Training data", "Metrics", "Operating threshold", "Caveats")
 
@@ -37,7 +38,7 @@ def _intended_use() -> list[str]:
 def _data(report: dict) -> list[str]:
     data = report["data_summary"]
     counts = ", ".join(f"{k} {v}" for k, v in sorted(data["counts"].items()))
-    lines = [f"- Data: `{data['data_root']}` ({counts}); {data['skipped']} file(s) skipped as unusable.",
+    lines = [f"- Data: {escape(data['data_root'])} ({counts}); {data['skipped']} file(s) skipped as unusable.",
              "- Split 70/20/10 (train/test/validation), stratified, with exact and near duplicates kept in one split.",
              "- Known biases: in the public TB Chest X-ray Database the Normal and TB images come largely from "
              "different hospitals and countries, so source cues (processing, tint, markers) separate the classes "

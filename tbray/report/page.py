@@ -6,6 +6,8 @@ and the JSON cannot disagree.
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pandas as pd
 
@@ -66,9 +68,18 @@ def _fmt_estimate(estimate: dict) -> str:
     return f"{_fmt(estimate['value'])} [{_fmt(estimate['ci_low'])}, {_fmt(estimate['ci_high'])}]"
 
 
+def escape(text: str) -> str:
+    """Text from outside (file and folder names) as inert markdown: HTML escaped, and no character that
+    would start a link, an image, code, emphasis or a table cell; one line."""
+    text = html.escape(str(text), quote=False).replace("\n", " ").replace("\r", " ")
+    for char in "\\`*[]|!":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
 def _cell(value) -> str:
-    """Return value as one markdown table cell (no pipes or newlines, long text cut)."""
-    text = _fmt(value, digits=4).replace("|", "\\|").replace("\n", " ")
+    """Return value as one markdown table cell (escaped, one line, long text cut)."""
+    text = escape(_fmt(value, digits=4))
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -222,10 +233,19 @@ def _search_section(search: dict) -> list[str]:
 def _data_section(data: dict) -> list[str]:
     """Return image counts per split and class ({"train_tb": n, ...}) and the other facts."""
     lines = ["## Data", "", markdown_table(["images", "count"], list(map(list, data["counts"].items()))), ""]
+    if len(data.get("sources") or {}) > 1:
+        rows = data["source_counts"]
+        lines += ["Images per source, class and split:", "",
+                  markdown_table(list(rows[0]), [list(r.values()) for r in rows]), ""]
+        for pair in data.get("cross_source_duplicates") or []:
+            lines.append(f"- {pair['pairs']} {pair['kind']} duplicate pair(s) between sources "
+                         f"{escape(pair['sources'][0])} and {escape(pair['sources'][1])}, each kept within one split")
     for key, value in data.items():
-        if key in ("counts", "duplicates", "confound"):
+        if key in ("counts", "duplicates", "confound", "source_counts", "cross_source_duplicates"):
             continue
-        lines.append(f"- {key}: {len(value) if isinstance(value, list) else _fmt(value)}")
+        if isinstance(value, dict):
+            value = ", ".join(f"{name}={folder}" for name, folder in value.items())
+        lines.append(f"- {key}: {len(value) if isinstance(value, list) else escape(_fmt(value))}")
     return lines + [""]
 
 
