@@ -52,3 +52,18 @@ def discard(path: Path) -> None:
         Path(path).unlink(missing_ok=True)
     except OSError:
         pass
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula (OWASP)
+
+
+def spreadsheet_safe(frame):
+    """A copy of a table whose text cells can't run as spreadsheet formulas: a cell that starts with one of
+    FORMULA_START gets a leading apostrophe, as OWASP's CSV-injection advice says. For the CSVs a person
+    opens (scores, predictions, skipped files); split.csv keeps exact paths, as tbray reads it back."""
+    from pandas.api.types import is_numeric_dtype  # pandas loads only where a table is written
+
+    out = frame.copy()
+    for column in [c for c in out.columns if not is_numeric_dtype(out[c])]:  # text: object or pandas' str
+        out[column] = out[column].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v)
+    return out

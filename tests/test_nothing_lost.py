@@ -138,3 +138,17 @@ def test_a_local_ray_that_fails_to_start_is_one_line_exit_2(run_cli, tiny_data, 
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].startswith("tbray: error: the local Ray did not start (")
     assert "Traceback" not in done.stderr and "try again" in done.stderr
+
+
+def test_a_formula_in_a_file_name_reaches_no_spreadsheet_as_a_formula(tmp_path):
+    from tbray.outputs import spreadsheet_safe
+    from tbray.predict.local import Results
+
+    table = spreadsheet_safe(pd.DataFrame({"path": ["=1+1", "+x", "-y", "@z", "a=b"], "score": [-0.5] * 5}))
+    assert table["path"].tolist() == ["'=1+1", "'+x", "'-y", "'@z", "a=b"] and (table["score"] == -0.5).all()
+    # predict's CSV: a path typed as "=cmd|' -C calc'!A0.png" (run from the images' folder) is written inert.
+    results = Results(tmp_path / "p.csv")
+    results.add(pd.DataFrame({"path": ["=cmd|' -C calc'!A0.png"], "p_tb": [0.7], "prediction": ["Tuberculosis"],
+                              "error": [None], "threshold": [0.5]}))
+    results.finish([tmp_path])
+    assert pd.read_csv(tmp_path / "p.csv")["path"].tolist() == ["'=cmd|' -C calc'!A0.png"]

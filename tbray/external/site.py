@@ -78,7 +78,7 @@ def evaluate(model_file: Path, folder: Path, name: str, target: float | None = N
     out.mkdir(parents=True, exist_ok=True)
     # Each file whole or not at all, the .json last: it says the evaluation finished (a kill before it
     # leaves no .json, so a rerun with the same name goes ahead).
-    outputs.write_atomic(out / f"external-{name}_scores.csv", table.to_csv(index=False))
+    outputs.write_atomic(out / f"external-{name}_scores.csv", outputs.spreadsheet_safe(table).to_csv(index=False))
     outputs.write_atomic(md_path, external_section.page(name, record, internal, str(model_file)))
     outputs.write_atomic(json_path, json.dumps({"name": name, "model": str(model_file), **record}, indent=2, default=str))
     return json_path, md_path

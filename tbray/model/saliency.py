@@ -17,6 +17,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from tbray import outputs
 from tbray.data import dataset, lungs, preprocess
 from tbray.data.preprocess import Input
 from tbray.model import augment, scoring
@@ -92,7 +93,7 @@ def report(saved: dict, images: np.ndarray, labels: np.ndarray, scores: np.ndarr
     cams = maps(saved, images)
     mask = lungs.mask(images.shape[-1])
     shares = lungs.inside_share(cams, mask)
-    pd.DataFrame({"path": paths, "label": labels, "score": scores, "lung_share": shares}).to_csv(
+    outputs.spreadsheet_safe(pd.DataFrame({"path": paths, "label": labels, "score": scores, "lung_share": shares})).to_csv(
         run_dir / "cam_lung_share.csv", index=False)
     counts = {}
     for file, idx in groups(labels, scores, saved["threshold"]).items():

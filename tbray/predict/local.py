@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from tbray import outputs
 from tbray.data import dataset, stream
 from tbray.data.preprocess import Input
 from tbray.errors import UserError
@@ -149,7 +150,7 @@ class Results:
             self.writer = self.writer or pq.ParquetWriter(self.tmp, SCHEMA)
             self.writer.write_table(pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False))
         else:
-            frame.to_csv(self.tmp, mode="w" if first else "a", header=first, index=False)
+            outputs.spreadsheet_safe(frame).to_csv(self.tmp, mode="w" if first else "a", header=first, index=False)
 
     def finish(self, paths: list[Path]) -> None:
         """Checked, then renamed into place (or printed); the temporary file never stays behind."""

@@ -18,6 +18,7 @@ from typing import IO
 
 import pandas as pd
 
+from tbray import outputs
 from tbray.config import SearchConfig, SearchSpace
 from tbray.data import dataset, demo, duplicates, external_split, sources
 from tbray.errors import UserError
@@ -302,7 +303,8 @@ def prepare(cfg: SearchConfig) -> Prepared:
         dataset.write_split(split, run_dir / "split.csv")
         (run_dir / "search.json").write_text(json.dumps(cfg.to_json(), indent=2))
     # path, reason; and source with several (their paths start with it anyway, as in split.csv)
-    found.skipped[["path", "reason"] + (["source"] if len(roots) > 1 else [])].to_csv(run_dir / "skipped.csv", index=False)
+    skipped = found.skipped[["path", "reason"] + (["source"] if len(roots) > 1 else [])]
+    outputs.spreadsheet_safe(skipped).to_csv(run_dir / "skipped.csv", index=False)
     prepared = Prepared(roots, split, found.skipped, found.ignored, pairs, across)
     _announce(prepared)
     return prepared

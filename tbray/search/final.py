@@ -11,6 +11,7 @@ import optuna
 import pandas as pd
 import ray
 
+from tbray import outputs
 from tbray.config import SearchConfig
 from tbray.data import cache, dataset
 from tbray.data.preprocess import Input
@@ -48,9 +49,9 @@ def run(cfg: SearchConfig, prepared: runfolder.Prepared, arrays: dict, best: dic
         print(f"tbray: WARNING {warning}")
     saved = save_model(run_dir / "best_model.pt", state, best, evaluation, provenance(cfg, prepared))
     export.beside(saved, run_dir, parts["test"]["images"])  # model.onnx, checked on test images against PyTorch
-    pd.DataFrame({"path": prepared.split.loc[prepared.split["split"] == "test", "path"].to_numpy(),
+    outputs.spreadsheet_safe(pd.DataFrame({"path": prepared.split.loc[prepared.split["split"] == "test", "path"].to_numpy(),
                   "source": prepared.split.loc[prepared.split["split"] == "test", "source"].to_numpy(),
-                  "label": parts["test"]["labels"], "score": scores["test"]}).to_csv(run_dir / "test_scores.csv", index=False)
+                  "label": parts["test"]["labels"], "score": scores["test"]})).to_csv(run_dir / "test_scores.csv", index=False)
     outside = score_externals(externals or [], saved, cfg, run_dir)
     curves = {"internal test": (parts["test"]["labels"], scores["test"], evaluation["threshold"]), **outside["curves"]}
     if outside["records"]:
@@ -93,7 +94,7 @@ def score_externals(externals: list, saved: dict, cfg: SearchConfig, run_dir: Pa
         curves[ext.name] = (scored["label"].to_numpy(), scored["score"].to_numpy(), saved["threshold"])
         tables.append(scored)
     if tables:
-        pd.concat(tables, ignore_index=True).to_csv(run_dir / "external_scores.csv", index=False)
+        outputs.spreadsheet_safe(pd.concat(tables, ignore_index=True)).to_csv(run_dir / "external_scores.csv", index=False)
     return {"records": records, "curves": curves}
 
 
