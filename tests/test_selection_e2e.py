@@ -47,6 +47,7 @@ def test_each_configuration_trains_one_fold_per_source_and_optuna_sees_their_mea
     values = sorted(t.value for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
     assert values == pytest.approx(sorted(history.groupby("trial_id")["heldout_val_loss"].min()))
     assert "2 configurations cost 4 runs, plus 1 on every source for the chosen one (5 in all, against 2" in console
+    assert "tbray: trials' training images: 2 through a DataLoader each epoch" in console  # CPU trials
 
 
 def test_the_chosen_configuration_is_trained_on_every_source_and_reported_per_source(left_out_run):

@@ -127,7 +127,8 @@ def report_folds(queue: Queue, folds: int, settings: TrainSettings, metric: str,
             rows = epochs.pop(epoch)
             merged = {"epoch": epoch, **heldout(rows),
                       **{k: max(r[k] for r in rows.values()) for k in ("epoch_s", "startup_s") if k in rows[names[0]]},
-                      "train_loss": sum(r["train_loss"] for r in rows.values()) / folds}
+                      "train_loss": sum(r["train_loss"] for r in rows.values()) / folds,
+                      **({"data_path": rows[names[0]]["data_path"]} if "data_path" in rows[names[0]] else {})}
             best = merged[metric] if best is None else (min if mode == "min" else max)(best, merged[metric])
             merged[f"best_{metric}"] = best
             tune.report(merged)
