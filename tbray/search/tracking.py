@@ -112,7 +112,8 @@ def _trial_run(client, experiment_id: str, parent: str, row: pd.Series, epochs: 
     run = client.create_run(experiment_id, run_name=str(row["trial_id"]), tags={
         "mlflow.parentRunId": parent, "tune_trial_id": str(row["trial_id"]), "tune_status": status})
     now = int(time.time() * 1000)
-    measured = [c for c in epochs.columns if c not in NOT_METRICS]
+    # Numbers only: a history also holds words (data_path: how the trial's images travelled).
+    measured = [c for c in epochs.columns if c not in NOT_METRICS and pd.api.types.is_numeric_dtype(epochs[c])]
     metrics = [Metric(name, float(value), now, int(epoch)) for epoch, values in zip(epochs["epoch"], epochs[measured].to_numpy())
                for name, value in zip(measured, values) if pd.notna(value)]
     _log(client, run.info.run_id, {p: row[p] for p in PARAMS if p in row and pd.notna(row[p])}, metrics)
