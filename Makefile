@@ -21,10 +21,8 @@ demo: $(STAMP)
 		--lr-range 1e-4 6e-4 --num-samples 4 --grace-period 2 --gpus-per-trial 0
 
 # Everything: the tiers below, the searches, the fault-tolerance runs and the real X-rays (what CI runs).
-# Two pytest-xdist workers, each with its own local Ray; tests/conftest.py groups a module's tests (and the
-# readers of one shared search) on one worker, so each fixture's search runs once.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q
 
 # The tests that start no Ray and run no search (markers `ray` and `search`, set in tests/conftest.py).
 test-fast: $(STAMP)

@@ -23,22 +23,14 @@ RAY_FIXTURES = {"ray_session"}  # the session's local Ray; ray_address and dashb
 SEARCH_FIXTURES = {"run_cli", "start_cli"}  # tune/search.py as a user runs it: its own Ray, or --address
 
 
-# `make test` runs on two pytest-xdist workers; each runs whole groups (--dist loadgroup), so a module's
-# own fixtures are built once. A session fixture that several files read joins their tests in one group.
-SHARED_RUNS = ("finished_run",)
-
-
 def pytest_collection_modifyitems(items):
-    """`ray`: the test starts or joins a Ray; `search`: it runs tune/search.py. `make test-fast` runs the rest.
-    Each test also gets its xdist group: its module's, or the shared run it reads."""
+    """`ray`: the test starts or joins a Ray; `search`: it runs tune/search.py. `make test-fast` runs the rest."""
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
         if used & SEARCH_FIXTURES:
             item.add_marker(pytest.mark.search)
         if used & (SEARCH_FIXTURES | RAY_FIXTURES):
             item.add_marker(pytest.mark.ray)
-        group = next((name for name in SHARED_RUNS if name in used), item.module.__name__)
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
