@@ -330,9 +330,9 @@ def summary_table(report: dict) -> str:
         ("Best trial", f"{best.get('trial_id', 'n/a')}{epoch}"),
         ("Parameters", _params_text(best.get("params") or {})),
         (f"Best {name}", _fmt(value, 4)),
-        *([("Chosen by", f"{chosen['objective']} {chosen['value']:.4f} (trial {chosen['chosen_trial_id']}, epoch "
-                         f"{chosen['chosen_epoch']}, sources left out in turn); then trained on every source")]
-          if (chosen := (report.get("sources") or {}).get("chosen")) else []),
+        *([("Chosen by", f"{picked['objective']} {picked['value']:.4f} (trial {picked['chosen_trial_id']}, epoch "
+                         f"{picked['chosen_epoch']}, sources left out in turn); then trained on every source")]
+          if (picked := (report.get("sources") or {}).get("chosen")) else []),
         ("Test AUROC [95% CI]", _fmt_estimate(ev["auroc"])),
         ("Threshold", f"{ev['threshold']:.4f} (validation, target sensitivity "
                       f"{ev['threshold_selection']['target_sensitivity']:.2f})"),
