@@ -152,7 +152,8 @@ def test_sigterm_stops_cleanly_and_the_printed_resume_works_from_another_folder(
     assert "SIGTERM received" not in output and "Aborted" not in output, output[-3000:]
     assert (run / "trials.csv").is_file()
     saved = json.loads((run / "search.json").read_text())
-    assert Path(saved["data"]) == Path(os.path.abspath(tiny_data)) and Path(saved["results"]) == start / "results"
+    assert [Path(p) for p in saved["data"].values()] == [Path(os.path.abspath(tiny_data))]  # one source, by folder
+    assert Path(saved["results"]) == start / "results"
 
     command = shlex.split(output.split("continue with: ")[-1].splitlines()[0])
     assert command[0] == "python" and Path(command[1]).is_absolute(), command

@@ -68,7 +68,7 @@ def pool() -> Pool:
 def decode(batch: dict[str, np.ndarray], size: Input) -> dict[str, np.ndarray]:
     """Paths -> uint8 images at the model's size (zeros where unreadable), readable flags, reasons ('' if none)."""
     read = [stream.read(p, size) for p in batch["path"]]
-    images = np.stack([img if img is not None else np.zeros((size, size), np.uint8) for img, _ in read])
+    images = np.stack([img if img is not None else np.zeros((size.size, size.size), np.uint8) for img, _ in read])
     return {"path": batch["path"], "image": images, "readable": np.array([img is not None for img, _ in read]),
             "error": np.array([err or "" for _, err in read], dtype=object)}
 
