@@ -63,8 +63,9 @@ def test_dashboard_shows_the_running_search(start_cli, ray_address, dashboard_ur
         _get(f"{url}/api/v0/actors", None)
     assert refused.value.code == 401  # token auth stays on
 
+    # Enough epochs that the trial outlives a few polls of a busy dashboard (3 epochs once ended in 25 s, unseen).
     proc = start_cli("--data", tiny_data, "--results", tmp_path, "--name", "dash", "--address", ray_address,
-                     *TINY, "--epochs", "3", "--num-samples", "1")
+                     *TINY, "--epochs", "40", "--num-samples", "1")
 
     def visible():
         actors = _get(f"{url}/api/v0/actors?limit=1000", token)["data"]["result"]["result"]
