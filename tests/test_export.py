@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 from conftest import REPO
+from PIL import Image
 
 import tbray
 from tbray.data import demo
@@ -58,3 +61,56 @@ def test_a_graph_that_disagrees_with_pytorch_is_refused(tiny_model_file, exporte
     with pytest.raises(export.ParityError, match="differ by up to"):
         export.parity(other, exported.read_bytes(), export.check_images(32))
     assert export.parity(export.graph(saved), exported.read_bytes(), export.check_images(32)) < 1e-4
+
+
+def _doctored(exported, tmp_path, name: str, **changes) -> Path:
+    """A copy of the exported graph with some metadata values replaced (None: the key removed)."""
+    import onnx
+
+    proto = onnx.load(str(exported))
+    meta = {p.key: p.value for p in proto.metadata_props} | changes
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {k: v for k, v in meta.items() if v is not None})
+    out = tmp_path / f"{name}.onnx"
+    onnx.save(proto, str(out))
+    return out
+
+
+ONNX_DOCTORED = {  # the metadata a doctored or damaged ONNX file may carry, and the line that refuses it
+    "threshold_nan": ({"threshold": "nan"}, "threshold nan is not a probability"),
+    "threshold_inf": ({"threshold": "inf"}, "threshold inf is not a probability"),
+    "threshold_7": ({"threshold": "7"}, "threshold 7.0 is not a probability"),
+    "threshold_negative": ({"threshold": "-3"}, "threshold -3.0 is not a probability"),
+    "size_against_graph": ({"image_size": "48"}, "the graph's input shape ['batch', 32, 32] contradicts its metadata image_size 48"),
+    "size_huge": ({"image_size": "30000"}, "image_size 30000 is not a whole number of pixels between 16 and 2048"),
+    "size_text": ({"image_size": "big"}, "image_size 'big' is not a whole number"),
+    "std_tiny": ({"std": "1e-308"}, "std 1e-308 is not a number between 0.001 and 10"),
+    "source_a_list": ({"threshold_source": "[1, 2]"}, "threshold_source is not a record (a dict), but list"),
+    "source_without_n": ({"threshold_source": '{"kind": "validation split", "n_tb": 3, "target_sensitivity": 0.9}'},
+                         "threshold_source has no 'n'"),
+    "calibration_without_site": ({"calibration": '{"n": 9, "n_tb": 2, "date": "2026-01-01", "sensitivity": 1.0, '
+                                                 '"specificity": 0.5}'}, "calibration has no 'site_data'"),
+    "no_threshold": ({"threshold": None}, "its metadata has no 'threshold'"),
+}
+
+
+@pytest.mark.parametrize("name", list(ONNX_DOCTORED))
+def test_doctored_onnx_metadata_is_refused_as_a_pt_file_is(exported, tmp_path, name):
+    """The checks a .pt file gets (tbray.model.facts) run on ONNX metadata too, before any image is read."""
+    from tbray.errors import UserError
+    from tbray.predict import scorer
+
+    changes, message = ONNX_DOCTORED[name]
+    with pytest.raises(UserError, match=re.escape(message)):
+        scorer.open_model(_doctored(exported, tmp_path, name, **changes))
+
+
+def test_a_doctored_onnx_threshold_stops_predict_in_one_line(exported, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(demo.render(1, 0, size=64, seed=1)).save(images / "a.png")
+    model = _doctored(exported, tmp_path, "nan", threshold="nan")
+    done = subprocess.run([sys.executable, str(REPO / "tune" / "predict.py"), str(model), str(images)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == "", done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [f"tbray: error: {model}: damaged model file: threshold nan is not a probability"]

@@ -34,6 +34,11 @@ def files(tmp_path_factory):
         "std_zero": {**good, "std": 0.0},
         "weights_not_tensors": {**good, "model": {k: 1 for k in good["model"]}},
         "threshold_source_not_a_record": {**good, "threshold_source": "junk"},
+        "threshold_source_without_n": {**good, "threshold_source": {"kind": "validation split", "n_tb": 3,
+                                                                    "target_sensitivity": 0.9}},
+        "calibration_without_site": {**good, "calibration": {"n": 9, "n_tb": 2, "date": "2026-01-01",
+                                                             "sensitivity": 1.0, "specificity": 0.5}},
+        "std_tiny": {**good, "std": 1e-308},
     }
     paths = {}
     synthetic = {**good, "provenance": {"synthetic": True, "sources": {"demo": {"folder": "/demo", "images": 300,
@@ -56,7 +61,7 @@ def _predict(*args) -> subprocess.CompletedProcess:
 
 DOCTORED = ["huge_image_size", "no_model_name", "unknown_model_name", "other_architecture",
             "threshold_not_a_probability", "mean_not_a_number", "std_zero", "weights_not_tensors",
-            "threshold_source_not_a_record"]
+            "threshold_source_not_a_record", "threshold_source_without_n", "calibration_without_site", "std_tiny"]
 SLIPS = ["out_is_a_folder", "out_is_the_model", "out_is_an_image", "cam_is_a_file", "threshold_above_one"]
 
 
@@ -91,10 +96,13 @@ def predicted(files) -> dict[str, subprocess.CompletedProcess]:
     ("unknown_model_name", "unknown model 'resnet_nope'"),
     ("other_architecture", "the saved weights don't fit 'test_efficientnet'"),
     ("threshold_not_a_probability", "threshold 7.0 is not a probability"),
-    ("mean_not_a_number", "mean 'abc' is not a number"),
-    ("std_zero", "std 0.0 is not a positive number"),
+    ("mean_not_a_number", "mean 'abc' is not a number between 0 and 1"),
+    ("std_zero", "std 0.0 is not a number between 0.001 and 10"),
     ("weights_not_tensors", "the weights are not all tensors"),
     ("threshold_source_not_a_record", "threshold_source is not a record (a dict), but str"),
+    ("threshold_source_without_n", "threshold_source has no 'n' (a tbray-written record always has it)"),
+    ("calibration_without_site", "calibration has no 'site_data'"),
+    ("std_tiny", "std 1e-308 is not a number between 0.001 and 10"),
 ])
 def test_doctored_model_file_is_refused_in_one_line(files, predicted, name, message):
     """Every doctored file refused by the model-file check; the first two through tune/predict.py too (each

@@ -27,6 +27,7 @@ from tbray.data import demo, preprocess, stream
 from tbray.data.preprocess import Input
 from tbray.errors import UserError
 from tbray.model import augment, scoring
+from tbray.model import facts as model_facts
 
 PARITY_TOLERANCE = 1e-4  # largest |P(TB) ONNX Runtime - P(TB) PyTorch| accepted, on the CPU in float32
 OPSET = 18  # the dynamo exporter's own default; ONNX Runtime 1.17+ runs it
@@ -72,15 +73,33 @@ def metadata(saved: dict) -> dict[str, str]:
 
 
 def facts(meta: dict[str, str]) -> dict:
-    """Metadata read back into the model file's own types (what `tune/predict.py` prints and uses)."""
-    out = {"model_name": meta["model_name"], "image_size": int(meta["image_size"]),
-           "threshold": float(meta["threshold"]), "mean": float(meta["mean"]), "std": float(meta["std"]),
-           "tbray_version": meta["tbray_version"], "preprocess": meta.get("preprocess", "none"),
-           "crop": meta.get("crop", "none")}
-    for key, choices in (("preprocess", preprocess.EQUALIZE), ("crop", preprocess.CROPS)):
-        if out[key] not in choices:
-            raise ValueError(f"{key} {out[key]!r}, not one of {', '.join(choices)}")
-    return out | {k: json.loads(meta[k]) for k in JSON_FIELDS if k in meta}
+    """Metadata read back into the model file's own types (what `tune/predict.py` prints and uses), checked as
+    a .pt file's facts are (`tbray.model.facts`). KeyError for a missing key, ValueError naming a bad one."""
+    out = {"model_name": meta["model_name"], "tbray_version": meta["tbray_version"],
+           "preprocess": meta.get("preprocess", "none"), "crop": meta.get("crop", "none")}
+    for key, kind in (("image_size", int), ("threshold", float), ("mean", float), ("std", float)):
+        try:
+            out[key] = kind(meta[key])
+        except ValueError:
+            raise ValueError(f"{key} {meta[key]!r} is not a {'whole number' if kind is int else 'number'}")
+    for key in JSON_FIELDS:
+        if key in meta:
+            try:
+                out[key] = json.loads(meta[key])
+            except json.JSONDecodeError:
+                raise ValueError(f"{key} is not a JSON record")
+    if problem := model_facts.problem(out):
+        raise ValueError(problem)
+    return out
+
+
+def input_size_problem(session, size: int) -> str | None:
+    """Whether the graph's input [N, S, S] contradicts the image size its metadata states, in words."""
+    shape = session.get_inputs()[0].shape
+    fixed = [d for d in shape[1:] if isinstance(d, int)]  # symbolic dimensions contradict nothing
+    if len(shape) != 3 or any(d != size for d in fixed):
+        return f"the graph's input shape {shape} contradicts its metadata image_size {size} ([N, {size}, {size}])"
+    return None
 
 
 def check_images(size: int, n: int = CHECK_IMAGES) -> np.ndarray:

@@ -7,19 +7,16 @@ same thing everywhere, and a damaged or doctored file fails in one line.
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 
 import torch
 
 from tbray import outputs
-from tbray.data import preprocess
 from tbray.errors import UserError
 from tbray.model import factory as tbmodel
+from tbray.model import facts
 
 MODEL_FIELDS = ("model", "model_name", "image_size", "mean", "std", "threshold")  # what every model file has
-MAX_IMAGE_SIZE = 2048  # larger than any EfficientNet input; a bigger value in a file is a doctored file
-
 
 
 def save_atomic(payload: dict, path: Path) -> Path:
@@ -51,25 +48,9 @@ def load_model_file(path: Path) -> dict:
 
 
 def _field_problem(saved: dict) -> str | None:
-    """What is wrong with a model file's fields, or None."""
-    size, threshold = saved["image_size"], saved["threshold"]
-    if not isinstance(size, int) or not 16 <= size <= MAX_IMAGE_SIZE:
-        return f"image_size {size!r} is not a whole number of pixels between 16 and {MAX_IMAGE_SIZE}"
-    if not isinstance(threshold, float) or not 0 <= threshold <= 1:
-        return f"threshold {threshold!r} is not a probability"
-    for key in ("mean", "std"):  # the intensity normalisation every image gets: (x / 255 - mean) / std
-        value = saved[key]
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-                or (key == "std" and value <= 0):
-            return f"{key} {value!r} is not a {'positive ' if key == 'std' else ''}number"
-    for key, choices in (("preprocess", preprocess.EQUALIZE), ("crop", preprocess.CROPS)):  # absent: none
-        if saved.get(key, "none") not in choices:
-            return f"{key} {saved[key]!r} is not one of {', '.join(choices)}"
-    for key in ("threshold_source", "calibration", "provenance"):  # records that predict and the report read, when present
-        if saved.get(key) is not None and not isinstance(saved[key], dict):
-            return f"{key} is not a record (a dict), but {type(saved[key]).__name__}"
-    if not isinstance(saved["model_name"], str):
-        return "model_name is not a text"
+    """What is wrong with a model file's facts (the check ONNX metadata gets too) or its weights, or None."""
+    if found := facts.problem(saved):
+        return found
     try:
         tbmodel.check_name(saved["model_name"])
     except UserError as exc:

@@ -54,15 +54,20 @@ def _open_onnx(path: Path) -> Model:
         raise UserError(f"{path}: model file not found (a search writes results/<name>/model.onnx)")
     blob = path.read_bytes()
     try:
-        meta = dict(export.session(blob).get_modelmeta().custom_metadata_map)
+        session = export.session(blob)
     except ImportError:
         raise UserError(f"{path}: scoring an ONNX model needs onnxruntime: pip install onnxruntime")
     except Exception as exc:  # onnxruntime raises its own types for a bad file
         raise UserError(f"{path}: not an ONNX model ONNX Runtime can load ({type(exc).__name__})")
+    meta = dict(session.get_modelmeta().custom_metadata_map)
     try:
         facts = export.facts(meta)
-    except (KeyError, ValueError) as exc:
-        raise UserError(f"{path}: not a tbray ONNX model (metadata {exc} missing or unreadable)")
+    except KeyError as exc:
+        raise UserError(f"{path}: not a tbray ONNX model (its metadata has no {exc})")
+    except ValueError as exc:
+        raise UserError(f"{path}: damaged model file: {exc}")
+    if problem := export.input_size_problem(session, facts["image_size"]):
+        raise UserError(f"{path}: damaged model file: {problem}")
     return Model(facts=facts, onnx=blob)
 
 
