@@ -136,7 +136,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(run_cli, start_cli, ray_addres
     assert (tmp_path / "renamed" / "report.json").is_file() and not (tmp_path / "ctrlc").exists()
 
 
-def test_sigterm_stops_cleanly_and_the_printed_resume_works_from_another_folder(start_cli, ray_address, tiny_data, tmp_path):
+def test_sigterm_in_training_and_in_the_final_evaluation_stops_cleanly_and_resumes_from_elsewhere(start_cli, ray_address, tiny_data, tmp_path):
     start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
     start.mkdir()
     elsewhere.mkdir()
@@ -157,6 +157,19 @@ def test_sigterm_stops_cleanly_and_the_printed_resume_works_from_another_folder(
 
     command = shlex.split(output.split("continue with: ")[-1].splitlines()[0])
     assert command[0] == "python" and Path(command[1]).is_absolute(), command
+
+    # The resume stopped again, in the final evaluation: trials.csv is rewritten just before it begins.
+    # (Tune used to leave its own SIGINT handler behind, and this SIGTERM was ignored: exit 0, 24 s later.)
+    written = (run / "trials.csv").stat().st_mtime_ns
+    proc = subprocess.Popen([sys.executable, *command[1:]], cwd=elsewhere, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    wait_for(lambda: (run / "trials.csv").stat().st_mtime_ns != written, 300, "the final evaluation", proc)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 143, output[-3000:]
+    assert "continue with: " in output and not (run / "report.json").exists(), output[-3000:]
+    assert not list(run.glob(".*.tmp")), list(run.glob(".*.tmp"))  # no half-written file left behind
+
     resumed = subprocess.run([sys.executable, *command[1:]], cwd=elsewhere, capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]

@@ -152,3 +152,89 @@ def test_a_formula_in_a_file_name_reaches_no_spreadsheet_as_a_formula(tmp_path):
                               "error": [None], "threshold": [0.5]}))
     results.finish([tmp_path])
     assert pd.read_csv(tmp_path / "p.csv")["path"].tolist() == ["'=cmd|' -C calc'!A0.png"]
+
+
+def _ended_pid() -> int:
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporary_files_of_killed_commands_go_and_an_interrupted_write_leaves_none(tmp_path, monkeypatch):
+    from tbray import outputs
+
+    target = tmp_path / "site.pt"
+    stale = tmp_path / f".site.pt.{_ended_pid()}.tmp"  # SIGKILL during calibrate.py runs no cleanup
+    live = tmp_path / f".site.pt.{os.getppid()}.tmp"  # a live process's write in progress is not ours to touch
+    other = tmp_path / f".other.pt.{_ended_pid()}.tmp"  # another output's leftovers: that command's to clear
+    for path in (stale, live, other):
+        path.write_bytes(b"half a model")
+    outputs.write_atomic(target, b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name, other.name])
+
+    def killed(*_):  # Ctrl-C or SIGTERM (KeyboardInterrupt through tbray's handler) during the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        outputs.write_atomic(tmp_path / "m.onnx", b"graph")
+    assert not list(tmp_path.glob(".m.onnx.*.tmp")) and not (tmp_path / "m.onnx").exists()
+
+
+@pytest.fixture
+def evaluation(tmp_path):
+    """An evaluation set as tune/evaluate.py writes it, and the arguments that would write it again."""
+    from tbray import outputs
+
+    names = ["external-site_scores.csv", "external-site.md", "external-site.json"]
+    manifest = tmp_path / "external-site.sha256"
+    outputs.write_set({tmp_path / n: f"first {n}" for n in names}, manifest)
+    return tmp_path, names, manifest
+
+
+def test_an_evaluation_is_one_set_and_a_kill_mid_replace_is_seen_as_cut_off(evaluation, tmp_path, monkeypatch):
+    from tbray import outputs
+    from tbray.external import site
+
+    folder, names, manifest = evaluation
+    assert outputs.set_problem(manifest, names) is None
+    # A kill between the renames of --replace: the new scores beside the old page and .json (40 vs 60 images).
+    renames = []
+
+    def killed_after_one(src, dst):
+        if renames:
+            raise KeyboardInterrupt
+        renames.append(dst)
+        os.rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        outputs.write_set({folder / n: f"second {n}" for n in names}, manifest)
+    monkeypatch.undo()
+    assert (folder / names[0]).read_text() == f"second {names[0]}" and (folder / names[2]).read_text() == f"first {names[2]}"
+    assert not list(folder.glob(".*.tmp"))
+    assert outputs.set_problem(manifest, names) == f"{', '.join(names)} without the manifest external-site.sha256 written last"
+    # The next evaluate says so, before reading the model (which here does not even exist).
+    with pytest.raises(UserError, match=r"external-site.json: the evaluation named 'site' there is not whole: .* "
+                                        r"without the manifest .*; pass --replace to write it again"):
+        site.evaluate(tmp_path / "no-model.pt", tmp_path, "site")
+    # A file changed after the manifest was written is seen too.
+    outputs.write_set({folder / n: f"third {n}" for n in names}, manifest)
+    (folder / names[1]).write_text("edited")
+    assert outputs.set_problem(manifest, names) == ("external-site.md is not the file its manifest "
+                                                    "external-site.sha256 records (cut off, or changed since)")
+
+
+def test_two_evaluations_under_one_name_cannot_run_at_once(evaluation, tmp_path):
+    from tbray import outputs
+    from tbray.external import site
+
+    folder, _, _ = evaluation
+    with outputs.held(folder / "external-site.json", "an evaluation named 'site'"):  # the first one, still scoring
+        with pytest.raises(UserError, match="external-site.json: another command is writing an evaluation named "
+                                            "'site' now; wait for it to finish"):
+            site.evaluate(tmp_path / "no-model.pt", tmp_path, "site", replace=True)
+    with pytest.raises(UserError, match="no-model.pt: model file not found"):  # free again once it ends
+        site.evaluate(tmp_path / "no-model.pt", tmp_path, "site", replace=True)

@@ -153,14 +153,15 @@ def test_evaluate_later_gives_the_numbers_the_search_gave(e2e):
 
     # The same name again: refused before any scoring, the first evaluation's files kept byte for byte.
     written = {p.name: p.read_bytes() for p in run.glob("external-later*")}
-    assert set(written) == {"external-later.json", "external-later.md", "external-later_scores.csv"}
-    (run / "external-later_scores.csv").write_bytes(b"changed by hand since")
+    assert set(written) == {"external-later.json", "external-later.md", "external-later_scores.csv",
+                            "external-later.sha256"}  # the manifest, written last: `sha256sum -c` agrees
+    checked = subprocess.run(["sha256sum", "-c", "external-later.sha256"], cwd=run, capture_output=True, text=True)
+    assert checked.returncode == 0 and checked.stdout.count(": OK") == 3, checked.stdout
     again = _cli("evaluate.py", run / "best_model.pt", other, "--name", "later")
     lines = again.stderr.strip().splitlines()
     assert again.returncode == 2 and len(lines) == 1, again.stderr[-2000:]
     assert "external-later.json: an evaluation named 'later' is already there (of " in lines[0]
-    assert {p.name: p.read_bytes() for p in run.glob("external-later*")} == {
-        **written, "external-later_scores.csv": b"changed by hand since"}
+    assert {p.name: p.read_bytes() for p in run.glob("external-later*")} == written
     # --replace writes all three over, whole, and leaves no temporary file behind.
     replaced = _cli("evaluate.py", run / "best_model.pt", other, "--name", "later", "--replace")
     assert replaced.returncode == 0, replaced.stderr[-2000:]
@@ -171,8 +172,8 @@ def test_evaluate_later_gives_the_numbers_the_search_gave(e2e):
     elsewhere = tmp_path / "evaluations"
     moved = _cli("evaluate.py", run / "best_model.pt", other, "--name", "moved", "--out", elsewhere)
     assert moved.returncode == 0, moved.stderr[-2000:]
-    assert {p.name for p in elsewhere.iterdir()} == {"external-moved.json", "external-moved.md",
-                                                     "external-moved_scores.csv"}
+    assert {p.name for p in elsewhere.glob("external-*")} == {"external-moved.json", "external-moved.md",
+                                                              "external-moved_scores.csv", "external-moved.sha256"}
     assert json.loads((elsewhere / "external-moved.json").read_text())["auroc"] == later["auroc"]
     assert not list(run.glob("external-moved*"))
 

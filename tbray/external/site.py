@@ -62,26 +62,40 @@ def scored(ext: sets.ExternalSet, saved: dict, target: float) -> tuple[dict, pd.
 def evaluate(model_file: Path, folder: Path, name: str, target: float | None = None,
              replace: bool = False, out_dir: Path | None = None) -> tuple[Path, Path]:
     """Score a labelled set that arrived after the search; write external-<NAME>.json, .md and _scores.csv into
-    `out_dir` (default: beside the model), and return the .json and .md paths."""
+    `out_dir` (default: beside the model) as one set with its manifest, and return the .json and .md paths."""
     folder_of_model = Path(model_file).parent
     out = outputs.output_folder(out_dir, "--out") if out_dir is not None else folder_of_model
     json_path, md_path = out / f"external-{name}.json", out / f"external-{name}.md"
-    if json_path.exists() and not replace:  # checked first: an earlier site's figures are never lost to a reused name
+    csv_path, manifest = out / f"external-{name}_scores.csv", out / f"external-{name}{outputs.MANIFEST}"
+    out.mkdir(parents=True, exist_ok=True)
+    # Held until the set is written: a second evaluation under this name is refused, not silently lost.
+    with outputs.held(json_path, f"an evaluation named {name!r}"):
+        _check_earlier(json_path, manifest, [csv_path.name, md_path.name, json_path.name], name, replace)
+        saved = modelfile.load_model_file(model_file)
+        if warning := modelfile.synthetic_warning(saved):
+            print(warning)
+        target = target or (saved.get("threshold_source") or {}).get("target_sensitivity",
+                                                                       metrics.WHO_TARGET["sensitivity"])
+        internal = internal_figures(folder_of_model / "report.json")  # checked before the scoring
+        record, table = scored(load(name, folder, model_file, saved), saved, target)
+        outputs.write_set({csv_path: outputs.spreadsheet_safe(table).to_csv(index=False),
+                           md_path: external_section.page(name, record, internal, str(model_file)),
+                           json_path: json.dumps({"name": name, "model": str(model_file), **record}, indent=2,
+                                                 default=str)}, manifest)
+    return json_path, md_path
+
+
+def _check_earlier(json_path: Path, manifest: Path, names: list[str], name: str, replace: bool) -> None:
+    """Refuse, before any scoring, to write over an earlier evaluation of this name, whole or cut off, unless
+    `replace`: an earlier site's figures are never lost to a reused name."""
+    if replace:
+        return
+    if problem := outputs.set_problem(manifest, names):
+        raise UserError(f"{json_path}: the evaluation named {name!r} there is not whole: {problem}; pass --replace "
+                        "to write it again, or --name to keep it")
+    if json_path.exists():
         raise UserError(f"{json_path}: an evaluation named {name!r} is already there{_of(json_path)}; "
                         "pass --name to keep both, or --replace to write over it")
-    saved = modelfile.load_model_file(model_file)
-    if warning := modelfile.synthetic_warning(saved):
-        print(warning)
-    target = target or (saved.get("threshold_source") or {}).get("target_sensitivity", metrics.WHO_TARGET["sensitivity"])
-    internal = internal_figures(folder_of_model / "report.json")  # checked before the scoring
-    record, table = scored(load(name, folder, model_file, saved), saved, target)
-    out.mkdir(parents=True, exist_ok=True)
-    # Each file whole or not at all, the .json last: it says the evaluation finished (a kill before it
-    # leaves no .json, so a rerun with the same name goes ahead).
-    outputs.write_atomic(out / f"external-{name}_scores.csv", outputs.spreadsheet_safe(table).to_csv(index=False))
-    outputs.write_atomic(md_path, external_section.page(name, record, internal, str(model_file)))
-    outputs.write_atomic(json_path, json.dumps({"name": name, "model": str(model_file), **record}, indent=2, default=str))
-    return json_path, md_path
 
 
 def _of(json_path: Path) -> str:

@@ -33,6 +33,15 @@ def install() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def after_tune() -> None:
+    """Put Python's own Ctrl-C handler back once Tune's fit has returned. Tune leaves its handler installed,
+    and it only sets an event nobody reads any more: Ctrl-C and SIGTERM during the final evaluation used to
+    be ignored (the search went on and exited 0). After this, both raise KeyboardInterrupt there, so the
+    command stops with 130 or 143 and the resume hint, every file it wrote whole (write then rename)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def requested() -> bool:
     """Whether SIGTERM asked this search to stop: Tune then ends every running trial as if it had finished,
     so the trials alone can't tell a stopped search from a done one."""

@@ -17,7 +17,7 @@ from ray import tune
 
 from tbray.config import SearchConfig
 from tbray.errors import SearchFailed
-from tbray.rayops import cluster, placement
+from tbray.rayops import cluster, interrupt, placement
 from tbray.runs import runfolder, trials
 from tbray.search import console
 from tbray.train import trainable as trainables
@@ -61,6 +61,7 @@ def run(cfg: SearchConfig, plan: cluster.Plan, refs: dict, table: pd.DataFrame, 
                                                      progress_reporter=console.reporter(pooled),
                                                      callbacks=[placement.ReleaseUnused()]))
     grid = tuner.fit()
+    interrupt.after_tune()
     refit_table, refit_history = trials.collect(grid, pooled)
     trials.write_refit(runfolder.path(cfg), refit_history)
     if any(status == "unfinished" for status in refit_table["status"]):

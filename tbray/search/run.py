@@ -177,6 +177,7 @@ def fit(cfg: SearchConfig, plan: cluster.Plan, refs: dict, tune_path: str):
     else:
         tuner = make_tuner(cfg, trainable, storage, plan.max_concurrent)
     grid = tuner.fit()
+    interrupt.after_tune()
     if released := placement.release_leftover():
         print(f"tbray: released {released} placement group(s) that finished trials still held")
     return grid
