@@ -92,10 +92,11 @@ def _run_cli(*args, timeout: float = 600, env: dict | None = None) -> subprocess
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def _start_cli(*args, cwd: Path = REPO) -> subprocess.Popen:
+def _start_cli(*args, cwd: Path = REPO, env: dict | None = None) -> subprocess.Popen:
     """The search in the background, in its own process group, as a user's terminal would run it."""
     return subprocess.Popen([sys.executable, str(REPO / "tune" / "search.py"), *map(str, args)], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ from pathlib import Path
 import optuna
 import pandas as pd
 from conftest import TINY, wait_for
-from ray.util.state import list_actors, list_jobs
+
+from tbray.model import modelfile
 
 
 def finished_trials(run: Path) -> dict[str, dict]:
@@ -28,18 +29,51 @@ def finished_trials(run: Path) -> dict[str, dict]:
     return done
 
 
+def optuna_states(run: Path) -> list:
+    """The states of the search's Optuna trials, read while the search runs (empty before its study exists)."""
+    if not (run / "optuna.db").is_file():
+        return []
+    try:
+        return [t.state for t in optuna.load_study(study_name="tbray", storage=f"sqlite:///{run / 'optuna.db'}").trials]
+    except KeyError:  # the study is not created yet
+        return []
+
+
+def final_checkpoints(run: Path) -> dict[str, tuple[dict, Path]]:
+    """Trials whose Train run has checkpointed its last epoch: the epoch's report (kept in the checkpoint) and
+    the checkpoint file, by Tune trial id. Tune's own result.json is flushed too late to tell."""
+    found = {}
+    for folder in (run / "train").glob("train-*"):
+        for model in folder.glob("checkpoint_*/model.pt"):
+            saved = modelfile.load_checkpoint(model.parent)
+            if saved["epoch"] == saved["params"]["epochs"]:
+                found[folder.name.removeprefix("train-")] = (saved["row"], model)
+    return found
+
+
+def tune_saved_status(run: Path) -> dict[str, str]:
+    """Each trial's status in the experiment state Tune saved last (what a resume starts from)."""
+    saved = max((run / "tune").glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    trials = [json.loads(state) for state, _ in json.loads(saved.read_text())["trial_data"]]
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_killed_driver_resumes_without_losing_finished_trials(run_cli, start_cli, ray_address, tiny_data, tmp_path):
     args = ["--data", tiny_data, "--results", tmp_path, "--name", "killed", "--address", ray_address, *TINY]
-    proc = start_cli(*args, "--num-samples", "3", "--max-concurrent", "1")
-    done = wait_for(lambda: finished_trials(tmp_path / "killed"), 300, "a finished trial", proc)
+    # The worst moment, on purpose: Optuna has recorded a trial's end, Tune's saved state still has it running
+    # (Tune saves its state only at start-up under this period; by default every 10 s or more). The resume
+    # used to restart it, get no result, and stop on a traceback with the study's trial RUNNING for good.
+    proc = start_cli(*args, "--num-samples", "3", "--max-concurrent", "1", env={"TUNE_GLOBAL_CHECKPOINT_S": "3600"})
+    wait_for(lambda: optuna.trial.TrialState.COMPLETE in optuna_states(tmp_path / "killed"), 300,
+             "a trial Optuna has recorded as COMPLETE", proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and anything it started, mid-search
     proc.wait()
-    trial_id, before = next(iter(done.items()))
-    checkpoint = Path(before["checkpoint_path"]) / "model.pt"
+    (trial_id, (before, checkpoint)), = final_checkpoints(tmp_path / "killed").items()
+    assert tune_saved_status(tmp_path / "killed").get(trial_id) != "TERMINATED"  # the moment was the worst one
     checkpoint_sha = sha(checkpoint)
 
     resumed = run_cli("--resume", "--name", "killed", "--results", tmp_path, "--address", ray_address)
@@ -70,28 +104,31 @@ def test_killed_driver_resumes_without_losing_finished_trials(run_cli, start_cli
 
 def test_killed_worker_restarts_from_checkpoint(start_cli, ray_address, tiny_data, tmp_path):
     args = ["--data", tiny_data, "--results", tmp_path, "--name", "worker", "--address", ray_address, *TINY]
-    # 10 epochs: a 4-epoch trial of the tiny data once ended before a poll found its worker after a checkpoint.
-    proc = start_cli(*args, "--epochs", "10", "--num-samples", "1", "--max-failures", "2")
+    # The worker that has reported epoch 2's checkpoint writes its pid and waits (a test hook): the kill lands
+    # there every time. Found by polling, it once landed after the trial had ended, three times in all.
+    held = tmp_path / "worker.pid"
+    proc = start_cli(*args, "--epochs", "4", "--num-samples", "1", "--max-failures", "2",
+                     env={"TBRAY_HOLD_AFTER": f"2:{held}"})
 
-    def worker_after_first_epoch():
-        reported = list((tmp_path / "worker" / "train").glob("*/checkpoint_*"))
-        # This search's own worker: the shared Ray may still hold a worker of an earlier test's killed search.
-        jobs = [j.job_id for j in list_jobs(address=ray_address)
-                if j.driver_info is not None and int(j.driver_info.pid) == proc.pid]
-        # This session's Ray by address: with another local Ray on the machine, none would be ambiguous.
-        alive = list_actors(address=ray_address, filters=[("class_name", "=", "RayTrainWorker"),
-                                                          ("state", "=", "ALIVE")])
-        alive = [a for a in alive if a.job_id in jobs]
-        return alive[0] if reported and alive else None
+    def recorded_by_tune() -> bool:  # Tune has the held epoch, so the kill can't lose it on the way
+        if not held.exists():
+            return False
+        epoch = int(held.read_text().split()[1])
+        return any(json.loads(line)["epoch"] == epoch for result in (tmp_path / "worker" / "tune")
+                   .glob("*/result.json") for line in result.read_text().splitlines() if line)
 
-    worker = wait_for(worker_after_first_epoch, 300, "a worker that has reported an epoch", proc)
-    os.kill(worker.pid, signal.SIGKILL)
+    wait_for(recorded_by_tune, 300, "a worker holding after epoch 2's checkpoint", proc)
+    os.kill(int(held.read_text().split()[0]), signal.SIGKILL)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-3000:]
     history = pd.read_csv(tmp_path / "worker" / "history.csv")
-    assert history["epoch"].tolist() == list(range(1, 11))  # no gap, no repeat after the restart
-    # The kill landed mid-trial: the restarted worker reported its own start-up from the epoch it resumed at.
-    assert history["startup_s"].nunique() == 2, history["startup_s"].tolist()
+    assert history["epoch"].tolist() == [1, 2, 3, 4]  # no gap, no repeat after the restart
+    # The restarted worker reported its own start-up from the epoch it resumed at.
+    held_at = int(held.read_text().split()[1])
+    before, after = history[history["epoch"] <= held_at], history[history["epoch"] > held_at]
+    assert len(after), f"held at epoch {held_at}, the last: nothing was left to restart"
+    assert before["startup_s"].nunique() == 1 and after["startup_s"].nunique() == 1, history["startup_s"].tolist()
+    assert set(before["startup_s"]).isdisjoint(after["startup_s"])
     assert pd.read_csv(tmp_path / "worker" / "trials.csv")["status"].tolist() == ["completed"]
 
 

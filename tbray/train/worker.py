@@ -189,6 +189,8 @@ def worker_loop(spec: TrialSpec, entered: float | None = None) -> None:
         save = rank == 0 and checkpoint_due(epoch + 1, params.epochs, settings.checkpoint_every,
                                             improved=best_so_far != previous)
         report(row, checkpoint_state(spec, model, optimizer, epoch + 1, best_so_far, row) if save else None)
+        if save:
+            hold_for_a_kill(epoch + 1)
 
 
 @torch.no_grad()
@@ -258,6 +260,19 @@ def injected_failure() -> tuple[int, int] | None:
         return None
     epoch, batch_size = text.split(":")
     return int(epoch), int(batch_size)
+
+
+def hold_for_a_kill(epoch: int) -> None:
+    """Test hook, read here only: TBRAY_HOLD_AFTER=EPOCH:FILE makes the worker that has just reported a
+    checkpoint at or after EPOCH write its pid and that epoch to FILE and wait there, so a test kills it at a known point
+    rather than by timing luck. Once per search: a FILE already there means the kill has happened."""
+    epoch_at, _, path = os.environ.get("TBRAY_HOLD_AFTER", "").partition(":")
+    if not path or epoch < int(epoch_at) or os.path.exists(path):
+        return
+    with open(path + ".tmp", "w") as out:
+        out.write(f"{os.getpid()} {epoch}")
+    os.replace(path + ".tmp", path)
+    time.sleep(600)  # the test kills this process well before
 
 
 def train_epoch(model, loader, optimizer, schedule, first_step: int, pos_weight, device, mean: float,
