@@ -8,6 +8,7 @@ import fcntl
 import glob
 import hashlib
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -84,21 +85,21 @@ def discard(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def held(path: Path, what: str) -> Iterator[None]:
-    """An exclusive lock on `path`'s name for as long as a command works towards writing it, so two commands
-    given the same name can't both write (and lose one's figures). The lock file (.NAME.lock) stays: removing
-    it would let a third command lock a new file while a second still holds the old one."""
-    path = Path(path)
+def held(folder: Path, what: str) -> Iterator[None]:
+    """An exclusive lock on `folder` while a command works towards writing `what` there (an flock on the folder
+    itself, so no lock file is left behind; the kernel releases it if the holder dies). A second command
+    waits its turn, told so, then finds the first one's files: two evaluations given one name can't both
+    write, and neither's figures are lost without a word."""
     try:
-        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(folder, os.O_RDONLY)
     except OSError as exc:
-        raise UserError(f"{path}: can't be written ({exc.strerror or exc})") from None
+        raise UserError(f"{folder}: can't be written ({exc.strerror or exc})") from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the kernel if the holder dies
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UserError(f"{path}: another command is writing {what} now; wait for it to finish, or "
-                            "choose another name") from None
+            print(f"tbray: waiting for another command writing {what} in {folder}", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

@@ -34,7 +34,7 @@ def optuna_states(run: Path) -> list:
     if not (run / "optuna.db").is_file():
         return []
     try:
-        return [t.state for t in optuna.load_study(study_name="tbray", storage=f"sqlite:///{run / 'optuna.db'}").trials]
+        return [t.state for t in optuna.load_study(study_name=None, storage=f"sqlite:///{run / 'optuna.db'}").trials]
     except KeyError:  # the study is not created yet
         return []
 
@@ -88,7 +88,7 @@ def test_killed_driver_resumes_without_losing_finished_trials(run_cli, start_cli
     history = pd.read_csv(run / "history.csv")
     assert not history.duplicated(["trial_id", "epoch"]).any()
 
-    study = optuna.load_study(study_name="tbray", storage=f"sqlite:///{run / 'optuna.db'}")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{run / 'optuna.db'}")
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
     # The trial killed mid-run was restarted under a new Optuna trial; the old one is FAIL, not RUNNING forever.

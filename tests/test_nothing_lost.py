@@ -227,14 +227,32 @@ def test_an_evaluation_is_one_set_and_a_kill_mid_replace_is_seen_as_cut_off(eval
                                                     "external-site.sha256 records (cut off, or changed since)")
 
 
-def test_two_evaluations_under_one_name_cannot_run_at_once(evaluation, tmp_path):
+def test_two_evaluations_under_one_name_cannot_both_write(evaluation, tmp_path, capfd):
+    """The second waits for the first (a lock on the folder), then finds its set and refuses to write over it."""
+    import threading
+    import time
+
     from tbray import outputs
     from tbray.external import site
 
-    folder, _, _ = evaluation
-    with outputs.held(folder / "external-site.json", "an evaluation named 'site'"):  # the first one, still scoring
-        with pytest.raises(UserError, match="external-site.json: another command is writing an evaluation named "
-                                            "'site' now; wait for it to finish"):
-            site.evaluate(tmp_path / "no-model.pt", tmp_path, "site", replace=True)
-    with pytest.raises(UserError, match="no-model.pt: model file not found"):  # free again once it ends
-        site.evaluate(tmp_path / "no-model.pt", tmp_path, "site", replace=True)
+    folder, names, manifest = evaluation
+    for name in names + [manifest.name]:
+        (folder / name).unlink()
+    first_in = threading.Event()
+
+    def first():  # an evaluation still scoring, which writes its set at the end
+        with outputs.held(folder, "an evaluation"):
+            first_in.set()
+            time.sleep(1.5)
+            outputs.write_set({folder / n: f"first {n}" for n in names}, manifest)
+
+    writer = threading.Thread(target=first)
+    writer.start()
+    first_in.wait()
+    began = time.monotonic()
+    with pytest.raises(UserError, match="external-site.json: an evaluation named 'site' is already there"):
+        site.evaluate(tmp_path / "no-model.pt", tmp_path, "site")
+    writer.join()
+    assert time.monotonic() - began >= 1.0  # it waited for the first, then saw its files
+    assert "tbray: waiting for another command writing an evaluation (external-site.json) in" in capfd.readouterr().err
+    assert outputs.set_problem(manifest, names) is None and not list(folder.glob(".*"))  # the first's set, whole

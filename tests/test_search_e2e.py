@@ -251,6 +251,31 @@ def test_mlflow_holds_one_run_per_trial_under_the_search_run(e2e):
     files = {a.path for a in MlflowClient(uri).list_artifacts(parent["run_id"])}
     assert {"report.md", "model_card.md", "roc.png", "trials.csv"} <= files
     assert f"mlflow ui --backend-store-uri {uri}" in done.stdout
+    experiment = MlflowClient(uri).get_experiment_by_name("e2e")
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"  # opens on runs, not traces
+
+
+def test_mlflow_was_written_while_the_trials_ran(e2e):
+    """Logged live: each epoch at the time it was reported, each trial run open as long as its trial, and the
+    trials' runs inside the parent's span (once every metric had one timestamp and runs lasted 0.1 s)."""
+    from mlflow.tracking import MlflowClient
+
+    tmp_path, _, _ = e2e
+    run = tmp_path / "e2e"
+    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("tbray_search") == "parent")
+    trials = [r for r in runs if "tune_trial_id" in r.data.tags]
+    history = pd.read_csv(run / "history.csv")
+    for trial in trials:
+        epochs = client.get_metric_history(trial.info.run_id, "val_loss")
+        times = sorted(m.timestamp for m in epochs)
+        assert len(set(times)) == len(epochs) >= 2, times  # one report per epoch, each at its own time
+        took = history.loc[history["trial_id"] == trial.data.tags["tune_trial_id"], "epoch_s"].iloc[-1]
+        assert times[-1] - times[0] >= 0.5 * 1000 * took  # epochs apart by at least about one epoch's training
+        assert trial.info.start_time <= times[0] <= times[-1] <= trial.info.end_time
+        assert parent.info.start_time <= trial.info.start_time and trial.info.end_time <= parent.info.end_time
 
 
 def test_optuna_trials_carry_their_tune_trial_id_and_status(e2e):
@@ -258,7 +283,9 @@ def test_optuna_trials_carry_their_tune_trial_id_and_status(e2e):
 
     tmp_path, _, _ = e2e
     run = tmp_path / "e2e"
-    study = optuna.load_study(study_name="tbray", storage=f"sqlite:///{run / 'optuna.db'}")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{run / 'optuna.db'}")
+    # Named after the run and its metric, as optuna-dashboard lists and plots them (not "tbray", "Objective 0").
+    assert (study.study_name, study.metric_names) == ("e2e", ["best_val_loss"])
     labelled = {t.user_attrs["tune_trial_id"]: t for t in study.trials if "tune_trial_id" in t.user_attrs}
     table = pd.read_csv(run / "trials.csv").set_index("trial_id")
     assert sorted(labelled) == sorted(table.index)

@@ -43,7 +43,7 @@ def test_each_configuration_trains_one_fold_per_source_and_optuna_sees_their_mea
     assert (history["heldout_val_loss"] - means).abs().max() < 1e-9
     assert sorted(history.groupby("trial_id")["epoch"].max()) == [2, 2]
     # Optuna saw one value per configuration: the best fold mean of its trial.
-    study = optuna.load_study(study_name="tbray", storage=f"sqlite:///{run / 'optuna.db'}")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{run / 'optuna.db'}")
     values = sorted(t.value for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
     assert values == pytest.approx(sorted(history.groupby("trial_id")["heldout_val_loss"].min()))
     assert "2 configurations cost 4 runs, plus 1 on every source for the chosen one (5 in all, against 2" in console

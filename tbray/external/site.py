@@ -68,8 +68,8 @@ def evaluate(model_file: Path, folder: Path, name: str, target: float | None = N
     json_path, md_path = out / f"external-{name}.json", out / f"external-{name}.md"
     csv_path, manifest = out / f"external-{name}_scores.csv", out / f"external-{name}{outputs.MANIFEST}"
     out.mkdir(parents=True, exist_ok=True)
-    # Held until the set is written: a second evaluation under this name is refused, not silently lost.
-    with outputs.held(json_path, f"an evaluation named {name!r}"):
+    # Held until the set is written: a second evaluation into this folder waits, then sees this one's files.
+    with outputs.held(out, f"an evaluation ({json_path.name})"):
         _check_earlier(json_path, manifest, [csv_path.name, md_path.name, json_path.name], name, replace)
         saved = modelfile.load_model_file(model_file)
         if warning := modelfile.synthetic_warning(saved):

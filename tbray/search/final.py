@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import ray
 
@@ -20,6 +19,7 @@ from tbray.external import sets
 from tbray.model import export, modelfile, scoring
 from tbray.report import plots, run_report
 from tbray.runs import runfolder, trials
+from tbray.search import study as studies
 from tbray.stats import assess, metrics
 
 
@@ -56,7 +56,7 @@ def run(cfg: SearchConfig, prepared: runfolder.Prepared, arrays: dict, best: dic
     curves = {"internal test": (parts["test"]["labels"], scores["test"], evaluation["threshold"]), **outside["curves"]}
     if outside["records"]:
         plots.roc_curves_png(curves, run_dir / "roc_external.png")
-    study = optuna.load_study(study_name="tbray", storage=f"sqlite:///{runfolder.study_path(cfg)}")
+    study = studies.load(runfolder.study_path(cfg), cfg.name)
     test_sources = prepared.split.loc[prepared.split["split"] == "test", "source"].to_numpy()
     by_source = assess.by_source(parts["test"]["labels"], scores["test"], test_sources, evaluation["threshold"],
                                  seed=cfg.seed)

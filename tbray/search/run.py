@@ -30,17 +30,19 @@ from tbray.rayops import cluster, interrupt, placement
 from tbray.report import page
 from tbray.runs import runfolder, trials
 from tbray.search import console, final, refit, tracking
+from tbray.search import study as studies
 from tbray.search.study import LabelledOptunaSearch, RunFolderStorage, check_resumable, check_startable
 from tbray.train import trainable as trainables
 
 
-def make_tuner(cfg: SearchConfig, trainable, storage: str, max_concurrent: int) -> tune.Tuner:
+def make_tuner(cfg: SearchConfig, trainable, tune_storage: str, max_concurrent: int) -> tune.Tuner:
     """Optuna's TPE proposes, ASHA stops weak trials at epoch rungs, the study lives in SQLite."""
-    study = RunFolderStorage(f"sqlite:///{runfolder.study_path(cfg)}")
+    storage = RunFolderStorage(f"sqlite:///{runfolder.study_path(cfg)}")
     # Optuna, ASHA and the best-trial choice all see the trial's best epoch so far (best_<metric>), so the
     # value Optuna learns from is the value the final choice ranks by, not whatever the last epoch gave.
     metric = f"best_{cfg.objective}"
-    searcher = LabelledOptunaSearch(metric=metric, mode=cfg.mode, storage=study, study_name="tbray", seed=cfg.seed)
+    name = studies.create(runfolder.study_path(cfg), cfg.name, metric, cfg.mode)
+    searcher = LabelledOptunaSearch(metric=metric, mode=cfg.mode, storage=storage, study_name=name, seed=cfg.seed)
     max_t = max(cfg.space.epochs)
     scheduler = ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(cfg.grace_period, max_t),
                               reduction_factor=cfg.reduction_factor)
@@ -49,8 +51,8 @@ def make_tuner(cfg: SearchConfig, trainable, storage: str, max_concurrent: int) 
         param_space=cfg.space.param_space(),
         tune_config=tune.TuneConfig(metric=metric, mode=cfg.mode, search_alg=searcher, scheduler=scheduler,
                                     num_samples=cfg.num_samples, max_concurrent_trials=max_concurrent),
-        run_config=tune.RunConfig(name="tune", storage_path=storage, verbose=1, progress_reporter=console.reporter(cfg),
-                                  callbacks=[placement.ReleaseUnused()]),
+        run_config=tune.RunConfig(name="tune", storage_path=tune_storage, verbose=1, progress_reporter=console.reporter(cfg),
+                                  callbacks=[placement.ReleaseUnused(), tracking.LiveRuns(cfg)]),
     )
 
 
@@ -61,7 +63,7 @@ def close_orphaned_trials(cfg: SearchConfig) -> int:
     and its searcher asks Optuna for a new one, so the old one would show as running forever (in
     optuna-dashboard too). Called only when the search has finished, so no live trial is touched.
     """
-    study = optuna.load_study(study_name="tbray", storage=f"sqlite:///{runfolder.study_path(cfg)}")
+    study = studies.load(runfolder.study_path(cfg), cfg.name)
     orphans = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
     for number in orphans:
         study.tell(number, state=optuna.trial.TrialState.FAIL)
@@ -83,7 +85,7 @@ def search(cfg: SearchConfig) -> int:
     if cfg.resume and tune.Tuner.can_restore(tune_path):  # read-only; before anything is written or started
         check_resumable(runfolder.study_path(cfg), run_dir)
     elif cfg.resume:
-        check_startable(runfolder.study_path(cfg))
+        check_startable(runfolder.study_path(cfg), cfg.name)
     tbmodel.check_name(cfg.model)
     state, source = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)  # before Ray: fail fast
     # External sets are checked before anything is written, so a wrong folder leaves no run folder behind.

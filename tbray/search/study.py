@@ -12,6 +12,7 @@ is written, with what the user can do instead.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import optuna
@@ -20,12 +21,42 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tbray.errors import UserError
 
-STUDY_NAME = "tbray"
+STUDY_NAME = "tbray"  # every study's name before studies were named after their run; older folders keep it
 
 
 def url(path: Path) -> str:
     """The SQLAlchemy URL of the study file, as OptunaSearch and optuna-dashboard open it."""
     return f"sqlite:///{path}"
+
+
+def name(path: Path, run_name: str) -> str:
+    """The study's name in a run folder's optuna.db: the run's own name, so optuna-dashboard lists each search
+    by it; STUDY_NAME in a folder an older tbray started, so that search still resumes and reports."""
+    if path.is_file():
+        try:
+            names = optuna.study.get_all_study_names(storage=f"sqlite:///file:{path}?mode=ro&uri=true")
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError):
+            names = []
+        if STUDY_NAME in names and run_name not in names:
+            return STUDY_NAME
+    return run_name
+
+
+def create(path: Path, run_name: str, metric: str, mode: str) -> str:
+    """The study, made before the searcher opens it so it carries the metric's name (optuna-dashboard then
+    says best_val_loss, not "Objective 0"); returns its name."""
+    study_name = name(path, run_name)
+    direction = "minimize" if mode == "min" else "maximize"
+    study = optuna.create_study(study_name=study_name, storage=url(path), direction=direction, load_if_exists=True)
+    with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and still the only way to name it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([metric])
+    return study_name
+
+
+def load(path: Path, run_name: str) -> optuna.Study:
+    """The run folder's study, whichever name it has (see `name`)."""
+    return optuna.load_study(study_name=name(path, run_name), storage=url(path))
 
 
 class RunFolderStorage(optuna.storages.RDBStorage):
@@ -39,12 +70,12 @@ class RunFolderStorage(optuna.storages.RDBStorage):
         super().__setstate__({**state, "url": RunFolderStorage.resumed_at or state["url"]})
 
 
-def readable(path: Path) -> bool:
+def readable(path: Path, run_name: str) -> bool:
     """Whether the file holds the study, checked read-only: an unreadable file is left exactly as it was
     (RDBStorage opened for writing would create its tables in an empty or missing file)."""
     storage_url = f"sqlite:///file:{path}?mode=ro&uri=true"
     try:
-        optuna.load_study(study_name=STUDY_NAME, storage=optuna.storages.RDBStorage(storage_url))
+        optuna.load_study(study_name=name(path, run_name), storage=optuna.storages.RDBStorage(storage_url))
     except (sqlalchemy.exc.SQLAlchemyError, KeyError, ValueError, RuntimeError):
         return False
     return True
@@ -52,7 +83,7 @@ def readable(path: Path) -> bool:
 
 def check_resumable(path: Path, run_dir: Path) -> None:
     """Refuse, in one line, to resume Tune's experiment without the study its searcher continues."""
-    if path.is_file() and readable(path):
+    if path.is_file() and readable(path, run_dir.name):
         return
     problem = "is missing" if not path.exists() else "can't be read as an Optuna study (left as it is)"
     finished = run_dir / "trials.csv"
@@ -61,9 +92,9 @@ def check_resumable(path: Path, run_dir: Path) -> None:
                     f"from a backup, or start a new search with another --name (the trials so far are in {where})")
 
 
-def check_startable(path: Path) -> None:
+def check_startable(path: Path, run_name: str) -> None:
     """Before a resumed search's first trial: a study file there must read, or the searcher fails on it."""
-    if path.exists() and not readable(path):
+    if path.exists() and not readable(path, run_name):
         raise UserError(f"{path} can't be read as an Optuna study (left as it is); no trial has run yet, so nothing "
                         f"is lost by deleting it: delete it and resume")
 
@@ -77,7 +108,7 @@ class LabelledOptunaSearch(OptunaSearch):
     The Optuna trial is found by its parameters among the RUNNING ones: Ray's searcher exposes no map.
     """
 
-    def __init__(self, *args, storage: optuna.storages.RDBStorage, study_name: str = STUDY_NAME, **kwargs):
+    def __init__(self, *args, storage: optuna.storages.RDBStorage, study_name: str, **kwargs):
         super().__init__(*args, storage=storage, study_name=study_name, **kwargs)
         self._labels = {"storage": storage, "study": study_name, "numbers": {}, "configs": {}}  # kept in Tune's saves
 
