@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tbray-installed
 DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: demo test test-fast bench bench-predict clean-venv
+.PHONY: demo test test-fast ui bench bench-predict clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP)
 # The tests that start no Ray and run no search (markers `ray` and `search`, set in tests/conftest.py).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not ray"
+
+# One run's viewers on 127.0.0.1 (MLflow, optuna-dashboard, TensorBoard); Ctrl-C stops them.
+ui: $(STAMP)
+	@test -n "$(NAME)" || { echo "usage: make ui NAME=<run name under results/>"; exit 2; }
+	$(PY) tune/ui.py results/$(NAME)
 
 bench: $(STAMP)
 	$(PY) tune/bench.py --demo

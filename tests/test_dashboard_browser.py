@@ -1,4 +1,5 @@
-"""The Ray dashboard as a person sees it: headless Chromium, the token typed in as docs/operations.md says.
+"""The Ray dashboard and the run's viewers as a person sees them: headless Chromium, the token typed in as
+docs/operations.md says.
 
 A tiny search runs in the background against the session's Ray; the browser must find it in the Jobs
 view and its Ray Train run's actors in the Actors view (filtered by class). Screenshots land in
@@ -10,11 +11,16 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from conftest import TINY, wait_for
+from conftest import REPO, TINY, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -94,3 +100,57 @@ def test_dashboard_lists_the_running_search_and_its_train_run(start_cli, browser
             time.sleep(1)
         if search.poll() is None:
             os.killpg(search.pid, signal.SIGKILL)
+
+
+def _viewer_urls(ui: subprocess.Popen) -> dict[str, str]:
+    """The addresses tune/ui.py prints, read until its "Ctrl-C stops them" line."""
+    urls = {}
+    for line in ui.stdout:
+        if line.startswith("tbray: Ctrl-C"):
+            return urls
+        name, _, url = line.removeprefix("tbray: ").rpartition(" ")
+        urls[name.strip()] = url.strip()
+    raise AssertionError(f"tune/ui.py ended ({ui.wait()}) before printing its viewers")
+
+
+def test_the_viewers_open_from_the_install_and_show_the_runs_trials(finished_run, browser, tmp_path):
+    """`make ui`'s command on a finished tiny run: MLflow's UI, optuna-dashboard and TensorBoard, each on
+    loopback, each showing a Tune trial id in headless Chromium; Ctrl-C stops all three."""
+    from mlflow.tracking import MlflowClient
+
+    run = finished_run.folder
+    trial_ids = set(pd.read_csv(run / "trials.csv")["trial_id"])
+    client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(run.name)
+    trial_run = next(r for r in client.search_runs([experiment.experiment_id]) if "tune_trial_id" in r.data.tags)
+    ui = subprocess.Popen([sys.executable, str(REPO / "tune" / "ui.py"), str(run)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    watchdog = threading.Timer(300, ui.kill)  # a viewer that never answers fails the test, not the suite
+    watchdog.start()
+    try:
+        urls = _viewer_urls(ui)
+        assert set(urls) == {"MLflow", "optuna-dashboard", "TensorBoard"} and all(
+            u.startswith("http://127.0.0.1:") for u in urls.values()), urls
+        # A trial's own run page: the experiment's table folds the trial runs under the search's parent run.
+        pages = {"MLflow": f"{urls['MLflow']}#/experiments/{experiment.experiment_id}/runs/{trial_run.info.run_id}",
+                 "optuna-dashboard": f"{urls['optuna-dashboard']}dashboard/studies/1/trials",
+                 "TensorBoard": f"{urls['TensorBoard']}#timeseries"}
+        for name, page in pages.items():
+            browser.get(page)
+            body = lambda: browser.find_element(By.TAG_NAME, "body").text  # noqa: E731
+            shot = tmp_path / f"viewer_{name}.png"
+            try:
+                wait_for(lambda: [t for t in trial_ids if t in body()], 90, f"a trial id in {name} at {page}")
+            finally:  # what the page showed, found or not, for a person to look at
+                browser.save_screenshot(str(shot))
+                if os.environ.get("TBRAY_VIEWER_SCREENSHOTS"):
+                    shutil.copy(shot, Path(os.environ["TBRAY_VIEWER_SCREENSHOTS"]) / shot.name)
+    finally:
+        ui.send_signal(signal.SIGINT)  # Ctrl-C, as a person ends it
+        code = ui.wait(timeout=60)
+        watchdog.cancel()
+    assert code == 130
+    ports = [int(u.rsplit(":", 1)[1].strip("/")) for u in urls.values()]
+    for port in ports:  # nothing listens any more: all three stopped with it
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, port
