@@ -8,6 +8,7 @@ the test's tmp folder (and in $TBRAY_DASHBOARD_SCREENSHOT when set, for a person
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -42,6 +44,12 @@ def browser():
     driver = webdriver.Chrome(options=options, service=Service(DRIVER))
     yield driver
     driver.quit()
+
+
+def _get(url: str, token: str) -> dict:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
 
 
 def _sign_in(driver, url: str) -> None:
@@ -72,6 +80,13 @@ def test_dashboard_lists_the_running_search_and_its_train_run(start_cli, browser
                        "--address", ray_address, *TINY, "--epochs", "300")
     try:
         wait_for(lambda: list((tmp_path / "watched" / "train").glob("train-*")), 240, "the trial's Train run", search)
+        # The dashboard's HTTP API first, with the token: the trial and its Train worker, and the Train run.
+        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+        actors = _get(f"{dashboard_url}/api/v0/actors?limit=1000", token)["data"]["result"]["result"]
+        alive = {a["class_name"] for a in actors if a["state"] == "ALIVE"}
+        assert {"ImplicitFunc", "RayTrainWorker"} <= alive, alive
+        runs = _get(f"{dashboard_url}/api/train/v2/runs/v1", token)["train_runs"]  # the dashboard's Train tab
+        assert any(run["name"].startswith("train-") for run in runs), runs
         _sign_in(browser, dashboard_url)
         jobs = _page_text(browser, f"{dashboard_url}/#/jobs", "tune/search.py")  # the driver's command line
         assert "--name watched" in jobs and "RUNNING" in jobs

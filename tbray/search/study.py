@@ -21,8 +21,6 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tbray.errors import UserError
 
-STUDY_NAME = "tbray"  # every study's name before studies were named after their run; older folders keep it
-
 
 def url(path: Path) -> str:
     """The SQLAlchemy URL of the study file, as OptunaSearch and optuna-dashboard open it."""
@@ -31,14 +29,15 @@ def url(path: Path) -> str:
 
 def name(path: Path, run_name: str) -> str:
     """The study's name in a run folder's optuna.db: the run's own name, so optuna-dashboard lists each search
-    by it; STUDY_NAME in a folder an older tbray started, so that search still resumes and reports."""
+    by it. A file whose one study has another name keeps it: a folder renamed since its search started, or
+    one an older tbray started (it named every study "tbray"), still resumes and reports."""
     if path.is_file():
         try:
             names = optuna.study.get_all_study_names(storage=f"sqlite:///file:{path}?mode=ro&uri=true")
         except (sqlalchemy.exc.SQLAlchemyError, ValueError, RuntimeError):
             names = []
-        if STUDY_NAME in names and run_name not in names:
-            return STUDY_NAME
+        if run_name not in names and len(names) == 1:
+            return names[0]
     return run_name
 
 
