@@ -297,7 +297,7 @@ def test_optuna_trials_carry_their_tune_trial_id_and_status(e2e):
 
 
 def test_the_console_holds_no_library_warnings_or_per_trial_tables(e2e):
-    _, _, done = e2e
+    tmp_path, _, done = e2e
     lines = (done.stdout + done.stderr).splitlines()
     noisy = [line for line in lines if "Warning" in line or "started with configuration" in line]
     assert not noisy, noisy[:5]
@@ -306,6 +306,11 @@ def test_the_console_holds_no_library_warnings_or_per_trial_tables(e2e):
     seconds = 3600 * int(hours) + 60 * int(minutes) + float(seconds)
     assert sum("== Status ==" in line for line in lines) <= seconds / 60 + 2
     assert not [line for line in lines if "INFO tune.py" in line], "Tune's INFO lines reach the console"
+    # It ends with where the report is and how to open the viewers.
+    run = (tmp_path / "e2e").resolve()
+    last = done.stdout.strip().splitlines()[-2:]
+    assert last == [f"tbray: report: {run / 'report.md'}", "tbray: viewers (MLflow, optuna-dashboard, TensorBoard; "
+                    f"Ctrl-C stops them): python tune/ui.py {run}"], last
 
 
 def test_damaged_run_files_and_output_slips_are_refused_before_any_work(e2e):

@@ -94,7 +94,7 @@ def body(args) -> int:
     device = torch.device("cuda" if gpu else "cpu")
     args.batch_size = args.batch_size or (128 if gpu else 16)
     args.steps = args.steps or (50 if gpu else 10)
-    root = args.data or demo.make(Path("results") / "demo-data")
+    root = args.data or demo.make(Path("results") / "demo-data", **demo.SEARCH_SET)
     root, split = pipeline.split_for_bench(root)
     print(f"bench: {len(split)} images from {root}; device {torch.cuda.get_device_name() if gpu else 'cpu'} "
           f"({os.cpu_count()} CPUs); model {args.model} at {args.image_size} px, batch {args.batch_size}",

@@ -205,7 +205,7 @@ def _resumed_data(saved: dict[str, Path], given: dict[str, Path], run_dir: Path)
 def data_roots(cfg: SearchConfig) -> dict[str, Path]:
     """The folders to read, by source: the user's, or the synthetic demo set generated on first use."""
     if cfg.demo:
-        return {"demo": demo.make(Path(cfg.results) / "demo-data", seed=0)}
+        return {"demo": demo.make(Path(cfg.results) / "demo-data", seed=0, **demo.SEARCH_SET)}
     if not cfg.data:
         raise UserError("no data: pass --data PATH (the folder with Normal/ and Tuberculosis/) or --demo")
     return {name: Path(folder) for name, folder in cfg.data.items()}

@@ -220,4 +220,7 @@ def finish(cfg: SearchConfig, grid, prepared: runfolder.Prepared, arrays: dict, 
     tracking.record(cfg, table, history, result)
     print(tracking.where(cfg))
     print(page.summary_table(result))
+    run_dir = runfolder.path(cfg).resolve()
+    print(f"tbray: report: {run_dir / 'report.md'}")
+    print(f"tbray: viewers (MLflow, optuna-dashboard, TensorBoard; Ctrl-C stops them): python tune/ui.py {run_dir}")
     return 0
