@@ -5,7 +5,7 @@ from __future__ import annotations
 from tbray.bench import regime
 
 KEYS = ["bare_s", "trial_s", "ratio", "startup_s", "entered_s", "to_first_epoch_s", "plain_s", "startup_ratio",
-        "epoch_s", "bare_epoch_s", "report_s", "checkpoints", "tail_s"]
+        "startup_share", "epoch_s", "bare_epoch_s", "report_s", "checkpoints", "tail_s"]
 
 
 def test_a_round_that_missed_a_process_still_gives_the_table():
@@ -19,3 +19,5 @@ def test_a_round_that_missed_a_process_still_gives_the_table():
     assert ready.value == 3.0 and "a new process in 1 of 2 rounds seen" in ready.note
     assert "its __init__ done at 2.5 s" in ready.note  # from the one round whose task events had it
     assert not any("Train's controller" in what for what in rows)  # measured in no round: no row
+    share = rows["start-up share of a search's wall time"]  # what a search pays for start-up, in generations
+    assert share.value == 2.0 and "16 on 4: 4, 8 s" in share.note
