@@ -82,9 +82,13 @@ def test_dashboard_lists_the_running_search_and_its_train_run(start_cli, browser
         wait_for(lambda: list((tmp_path / "watched" / "train").glob("train-*")), 240, "the trial's Train run", search)
         # The dashboard's HTTP API first, with the token: the trial and its Train worker, and the Train run.
         token = (Path.home() / ".ray" / "auth_token").read_text().strip()
-        actors = _get(f"{dashboard_url}/api/v0/actors?limit=1000", token)["data"]["result"]["result"]
-        alive = {a["class_name"] for a in actors if a["state"] == "ALIVE"}
-        assert {"ImplicitFunc", "RayTrainWorker"} <= alive, alive
+
+        def alive() -> set | None:  # the Train worker comes up a few seconds after the run's folder
+            actors = _get(f"{dashboard_url}/api/v0/actors?limit=1000", token)["data"]["result"]["result"]
+            names = {a["class_name"] for a in actors if a["state"] == "ALIVE"}
+            return names if {"ImplicitFunc", "RayTrainWorker"} <= names else None
+
+        wait_for(alive, 240, "the trial and its Train worker in the dashboard's API", search)
         runs = _get(f"{dashboard_url}/api/train/v2/runs/v1", token)["train_runs"]  # the dashboard's Train tab
         assert any(run["name"].startswith("train-") for run in runs), runs
         _sign_in(browser, dashboard_url)

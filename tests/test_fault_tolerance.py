@@ -35,7 +35,7 @@ def optuna_states(run: Path) -> list:
         return []
     try:
         return [t.state for t in optuna.load_study(study_name=None, storage=f"sqlite:///{run / 'optuna.db'}").trials]
-    except KeyError:  # the study is not created yet
+    except (KeyError, ValueError):  # the study is not created yet
         return []
 
 
