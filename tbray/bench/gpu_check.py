@@ -169,7 +169,7 @@ def run(check: Check) -> list[Row]:
             rows.append(Row(f"bare loop, {model} {check.image_size} px, batch {check.batch_size}, "
                             f"{'resident on the device' if resident else 'pinned DataLoader'}", ips, "images/s",
                             "tbray's train_epoch, second of two epochs"))
-    ray.init(include_dashboard=True, configure_logging=False)  # Train V2 frees stopped trials through the dashboard
+    ray.init(include_dashboard=True, configure_logging=False, log_to_driver=False)  # Train V2 needs the dashboard
     try:
         for model in check.models:
             rows.append(Row(f"one-trial Tune + Ray Train search, {model}", in_search_images_per_s(model, check),
