@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # A small real search on the synthetic demo set: tf_efficientnet_lite0 with its bundled ImageNet
-# weights, small images, 4 trials, CPU only; about 5 minutes on 2 cores.
+# weights, small images, 4 trials, CPU only; about 4 minutes on 2 cores.
 demo: $(STAMP)
 	$(PY) tune/search.py --demo --name $(DEMO_NAME) --epochs 4,6 --batch-sizes 16,32 --image-sizes 96,128 \
 		--lr-range 1e-4 6e-4 --num-samples 4 --grace-period 2 --gpus-per-trial 0
