@@ -55,13 +55,13 @@ def test_resume_refuses_options_and_data_that_change_the_search(run_cli, ray_add
 def test_resume_without_its_optuna_study_is_refused_and_leaves_the_folder_as_it_was(run_cli, start_cli, ray_address, tiny_data,
                                                                                       tmp_path):
     args = ["--data", tiny_data, "--results", tmp_path, "--name", "study", "--address", ray_address, *TINY]
-    proc = start_cli(*args, "--num-samples", "1")
+    proc = start_cli(*args, "--num-samples", "2", "--max-concurrent", "1")
     run = tmp_path / "study"
     wait_for(lambda: list((run / "train").glob("*/checkpoint_*")), 300, "a first epoch", proc)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=180)
     assert proc.returncode == 130, output[-3000:]
-    assert "--resume --name study" in output  # the hint
+    assert "--resume --name study" in output  # the hint, printed before the second trial existed
     backup = tmp_path / "optuna.db.backup"
     shutil.move(run / "optuna.db", backup)
     resume = ["--resume", "--name", "study", "--results", tmp_path, "--address", ray_address]
@@ -78,10 +78,10 @@ def test_resume_without_its_optuna_study_is_refused_and_leaves_the_folder_as_it_
 
     # Put back from the backup, as the refusal says; repeating the original options with --resume works too.
     shutil.move(backup, run / "optuna.db")
-    resumed = run_cli(*args, "--num-samples", "1", "--resume")
+    resumed = run_cli(*args, "--num-samples", "2", "--max-concurrent", "1", "--resume")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert "resuming with" not in resumed.stdout  # nothing differed, so nothing to say
-    assert (pd.read_csv(run / "trials.csv")["status"] != "error").sum() == 1
+    assert (pd.read_csv(run / "trials.csv")["status"] != "error").sum() == 2
     assert (run / "report.json").is_file()
 
 
