@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
-from sklearn.model_selection import train_test_split
 
 from tbray.data import duplicates, progress
 from tbray.errors import UserError
@@ -240,6 +239,10 @@ def make_split(files: pd.DataFrame, seed: int) -> pd.DataFrame:
         shown = {k.lstrip(":"): int(v) for k, v in strata.value_counts().items()}
         raise UserError(f"too few images to split: {shown} (need 10 per class" +
                         (" in each source)" if "source" in files and files["source"].nunique() > 1 else ")"))
+    # Imported here, not at the top: every Ray Train process of every trial imports this module (through
+    # preprocess and the trial settings) and only the driver splits; scikit-learn costs each of them ~1 s.
+    from sklearn.model_selection import train_test_split
+
     train, rest = train_test_split(reps.index, train_size=FRACTIONS["train"], stratify=strata, random_state=seed)
     test_share = FRACTIONS["test"] / (FRACTIONS["test"] + FRACTIONS["val"])
     test, val = train_test_split(rest, train_size=test_share, stratify=strata[rest], random_state=seed)
