@@ -239,8 +239,8 @@ def make_split(files: pd.DataFrame, seed: int) -> pd.DataFrame:
         shown = {k.lstrip(":"): int(v) for k, v in strata.value_counts().items()}
         raise UserError(f"too few images to split: {shown} (need 10 per class" +
                         (" in each source)" if "source" in files and files["source"].nunique() > 1 else ")"))
-    # Imported here, not at the top: every Ray Train process of every trial imports this module (through
-    # preprocess and the trial settings) and only the driver splits; scikit-learn costs each of them ~1 s.
+    # Imported here, not at the top: each trial's Tune actor and Train controller import this module
+    # (through preprocess and the trial settings) but never split; scikit-learn cost each of them ~0.65 s.
     from sklearn.model_selection import train_test_split
 
     train, rest = train_test_split(reps.index, train_size=FRACTIONS["train"], stratify=strata, random_state=seed)
