@@ -134,12 +134,12 @@ def test_killed_worker_restarts_from_checkpoint(start_cli, ray_address, tiny_dat
 
 def test_failing_trial_is_recorded_and_search_goes_on(run_cli, ray_address, tiny_data, tmp_path):
     done = run_cli("--data", tiny_data, "--results", tmp_path, "--name", "fail", "--address", ray_address,
-                   *TINY, "--batch-sizes", "8,16", "--num-samples", "4", "--max-failures", "0",
-                   env={"TBRAY_FAIL_AT": "1:8"})
+                   *TINY, "--batch-sizes", "8,16", "--num-samples", "2", "--seed", "1",
+                   "--max-failures", "0", env={"TBRAY_FAIL_AT": "1:8"})
     assert done.returncode == 0, done.stderr[-3000:]
     trials = pd.read_csv(tmp_path / "fail" / "trials.csv")
     failing, healthy = trials[trials["batch_size"] == 8], trials[trials["batch_size"] == 16]
-    assert len(failing) and len(healthy), "seed 0 should sample both batch sizes; pick another seed"
+    assert len(failing) and len(healthy), "seed 1 should sample both batch sizes; pick another seed"
     assert (failing["status"] == "error").all()
     assert failing["error"].str.contains("injected failure").all()
     assert (healthy["status"] != "error").all()
