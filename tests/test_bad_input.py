@@ -1,10 +1,11 @@
 """Bad data and bad options through the real command line: exit code 2 and one readable line, no traceback.
 
-Every case must fail before Ray starts (options in cli.to_config, data in runfolder.prepare, both before
+Every case must fail before Ray starts (options in cli.to_config, data in search.start.check, both before
 cluster.connect). As a safety net each run is pointed at an unreachable --address: a regression that got
 past the checks would hang on that address (and time out) rather than start a Ray of its own.
 
-Each run pays for Python, torch and Ray imports (~5-12 s of CPU), so the runs are started two at a time
+Each run pays for Python imports (~1 s; ~5 s with torch and timm, for a case past the folders' places), so
+the runs are started two at a time
 by one module fixture and each test reads its own run's result.
 """
 

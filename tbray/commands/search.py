@@ -283,9 +283,14 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.resume:
             cfg = runfolder.for_resume(cfg, given_options(argv))
         loopback.unless_joining(cfg.address)  # before Ray is imported
-        from tbray.search import run  # Ray and torch load only once the options are known to be sane
+        from tbray.search import start
 
-        return run.search(cfg)
+        if start.finished(cfg):
+            return 0
+        checked = start.check(cfg)
+        from tbray.search import run  # Ray, Optuna and the trial code load only once the inputs are known sane
+
+        return run.search(cfg, checked)
 
     try:
         return exits.run(body, resume=lambda: runfolder.resume_command(cfg) if cfg else None)

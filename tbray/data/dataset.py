@@ -11,6 +11,7 @@ import hashlib
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,6 +224,16 @@ def discover(path: Path, min_side: int = 64, threads: int | None = None) -> Disc
                 detail = f"can't be read ({exc.strerror or exc})"
             raise UserError(f"{folder}: class folder {detail}")
     return Discovery(root=root, files=files, skipped=skipped_df, ignored=ignored)
+
+
+@contextmanager
+def named(label: str):
+    """For a folder an option other than --data names (--external NAME, a site's data): a refusal inside
+    (not a data set, one class, a class with no usable image) starts with `label`."""
+    try:
+        yield
+    except UserError as exc:
+        raise UserError(f"{label}: {exc}") from None
 
 
 def make_split(files: pd.DataFrame, seed: int) -> pd.DataFrame:

@@ -32,15 +32,6 @@ class ExternalSet:
     overlap: pd.DataFrame  # OVERLAP_COLUMNS: images left out as copies of the search's own images
 
 
-def discover(label: str, path: Path, min_side: int) -> dataset.Discovery:
-    """The set's files, checked as --data's are; a folder that is not a data set, or has one class
-    (or a class with no usable image), is a one-line UserError starting with `label`."""
-    try:
-        return dataset.discover(path, min_side=min_side)
-    except UserError as exc:
-        raise UserError(f"{label}: {exc}")
-
-
 def without_copies(name: str, found: dataset.Discovery, internal: pd.DataFrame | None) -> ExternalSet:
     """The set minus exact and near copies of `internal` images (path, split, sha256, phash)."""
     overlap = copies_of(found.files, internal) if internal is not None else pd.DataFrame(columns=OVERLAP_COLUMNS)

@@ -45,7 +45,8 @@ def search_split(model_file: Path, saved: dict) -> pd.DataFrame | None:
 
 def load(name: str, folder: Path, model_file: Path, saved: dict, min_side: int = 64) -> sets.ExternalSet:
     """A site's labelled folder, checked as --data is, with the search's own images left out."""
-    found = sets.discover("site data", folder, min_side)
+    with dataset.named("site data"):
+        found = dataset.discover(folder, min_side=min_side)
     internal = search_split(model_file, saved)
     if internal is None:
         print(f"tbray: WARNING no split.csv with image hashes beside {model_file}: copies of the images the model "

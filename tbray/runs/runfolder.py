@@ -287,25 +287,50 @@ def _refuse_taken(cfg: SearchConfig, run_dir: Path) -> bool:
     return bool(names - {LOCK})
 
 
-def prepare(cfg: SearchConfig) -> Prepared:
-    """Check the data, fix the split, and write the run folder's data files and options."""
-    run_dir = path(cfg)
+@dataclass
+class Checked:
+    """The data as found and split before anything of the run is written (`check`)."""
+
+    roots: dict[str, Path]  # source name -> the folder holding its Normal/ and Tuberculosis/
+    found: dataset.Discovery  # every source's files, skipped and ignored entries, as one
+    split: pd.DataFrame  # path, label, split, sha256, phash, source: new, given, or saved on resume
+    cross_split_duplicates: pd.DataFrame
+    cross_source_duplicates: pd.DataFrame
+
+
+def check_places(cfg: SearchConfig) -> None:
+    """What needs no data scan: --results writable, the name free, each --data folder a data set."""
     _check_writable(Path(cfg.results))
-    _refuse_taken(cfg, run_dir)  # early, so a taken name costs no data scan
+    _refuse_taken(cfg, path(cfg))
+    for folder in cfg.data.values():  # the demo set is made with the scan, if asked for
+        dataset.find_root(folder)
+
+
+def check(cfg: SearchConfig) -> Checked:
+    """--results writable, the name free, the data checked, the split chosen: the run folder not yet touched."""
+    check_places(cfg)  # again if done before: a taken name costs no data scan
     roots, found = discover(cfg)
     split = choose_split(cfg, found)
     pairs = duplicates.cross_split_duplicates(split[["path", "split", "sha256", "phash"]])
-    across = sources.cross_source_duplicates(split)
+    return Checked(roots, found, split, pairs, sources.cross_source_duplicates(split))
+
+
+def prepare(cfg: SearchConfig, checked: Checked | None = None) -> Prepared:
+    """Write the run folder's data files and options, under its lock (the data checked first unless given)."""
+    checked = checked or check(cfg)
+    run_dir = path(cfg)
     lock(run_dir)
     if _refuse_taken(cfg, run_dir):  # again under the lock: a search with this name may have started meanwhile
         print(f"tbray: {run_dir} holds no trial (an earlier start stopped before its first); starting over there")
     if not cfg.resume:
-        dataset.write_split(split, run_dir / "split.csv")
+        dataset.write_split(checked.split, run_dir / "split.csv")
         (run_dir / "search.json").write_text(json.dumps(cfg.to_json(), indent=2))
+    found = checked.found
     # path, reason; and source with several (their paths start with it anyway, as in split.csv)
-    skipped = found.skipped[["path", "reason"] + (["source"] if len(roots) > 1 else [])]
+    skipped = found.skipped[["path", "reason"] + (["source"] if len(checked.roots) > 1 else [])]
     outputs.spreadsheet_safe(skipped).to_csv(run_dir / "skipped.csv", index=False)
-    prepared = Prepared(roots, split, found.skipped, found.ignored, pairs, across)
+    prepared = Prepared(checked.roots, checked.split, found.skipped, found.ignored, checked.cross_split_duplicates,
+                        checked.cross_source_duplicates)
     _announce(prepared)
     return prepared
 

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
@@ -29,9 +28,9 @@ from tbray.model import factory as tbmodel
 from tbray.rayops import cluster, interrupt, placement
 from tbray.report import page
 from tbray.runs import runfolder, trials
-from tbray.search import console, final, refit, tracking
+from tbray.search import console, final, refit, start, tracking
 from tbray.search import study as studies
-from tbray.search.study import LabelledOptunaSearch, RunFolderStorage, check_resumable, check_startable
+from tbray.search.study import LabelledOptunaSearch, RunFolderStorage
 from tbray.train import trainable as trainables
 
 
@@ -73,27 +72,15 @@ def close_orphaned_trials(cfg: SearchConfig) -> int:
     return len(orphans)
 
 
-def search(cfg: SearchConfig) -> int:
-    """The whole search; returns the process exit code."""
+def search(cfg: SearchConfig, checked: start.Checked) -> int:
+    """The whole search, once `start.check` has passed; returns the process exit code."""
     console.quiet_libraries()
     run_dir = runfolder.path(cfg)
-    if cfg.resume and (run_dir / "report.json").exists():
-        print(page.summary_table(json.loads((run_dir / "report.json").read_text())))
-        print(f"(search {cfg.name!r} had already finished; nothing to resume)")
-        return 0
     tune_path = f"{runfolder.storage_root(cfg)}/tune"
-    if cfg.resume and tune.Tuner.can_restore(tune_path):  # read-only; before anything is written or started
-        check_resumable(runfolder.study_path(cfg), run_dir)
-    elif cfg.resume:
-        check_startable(runfolder.study_path(cfg), cfg.name)
-    tbmodel.check_name(cfg.model)
-    state, source = tbmodel.pretrained_state(cfg.model, cfg.weights, cfg.pretrained)  # before Ray: fail fast
-    # External sets are checked before anything is written, so a wrong folder leaves no run folder behind.
-    found_external = {name: sets.discover(f"--external {name}", folder, cfg.min_image_size)
-                      for name, folder in cfg.external.items()}
-    prepared = runfolder.prepare(cfg)  # data checked, split fixed, run folder written
+    state, source = checked.weights, checked.weights_source
+    prepared = runfolder.prepare(cfg, checked.data)  # the split fixed, the run folder written
     tracking.start(cfg)  # a wrong --mlflow-uri stops the search before any trial, not after
-    externals = [sets.without_copies(name, found, prepared.split) for name, found in found_external.items()]
+    externals = [sets.without_copies(name, found, prepared.split) for name, found in checked.external.items()]
     n_train = int((prepared.split["split"] == "train").sum())
     if max(cfg.space.batch_sizes) > n_train:
         raise UserError(f"batch size {max(cfg.space.batch_sizes)} is larger than the {n_train} training images; "
