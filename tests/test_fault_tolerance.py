@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 from conftest import TINY, wait_for
+from test_resume import error_line
 
 from tbray.model import modelfile
 
@@ -76,9 +78,25 @@ def test_killed_driver_resumes_without_losing_finished_trials(run_cli, start_cli
     assert tune_saved_status(tmp_path / "killed").get(trial_id) != "TERMINATED"  # the moment was the worst one
     checkpoint_sha = sha(checkpoint)
 
-    resumed = run_cli("--resume", "--name", "killed", "--results", tmp_path, "--address", ray_address)
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    # Without the Optuna study its searcher was using, the resume is refused, and leaves the folder as it was.
     run = tmp_path / "killed"
+    backup = tmp_path / "optuna.db.backup"
+    shutil.move(run / "optuna.db", backup)
+    resume = ["--resume", "--name", "killed", "--results", tmp_path, "--address", ray_address]
+    missing = error_line(run_cli(*resume))
+    assert "optuna.db is missing" in missing and "--name" in missing, missing
+    assert not (run / "optuna.db").exists()  # no empty study left behind for the next try to trip on
+    garbage = b"not a database\n" * 100
+    (run / "optuna.db").write_bytes(garbage)
+    corrupt = error_line(run_cli(*resume))
+    assert "can't be read" in corrupt, corrupt
+    assert (run / "optuna.db").read_bytes() == garbage  # the user's file untouched
+
+    # Put back from the backup, as the refusal says; repeating the original options with --resume works too.
+    shutil.move(backup, run / "optuna.db")
+    resumed = run_cli(*args, "--num-samples", "2", "--max-concurrent", "1", "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert "resuming with" not in resumed.stdout  # nothing differed, so nothing to say
     assert (run / "report.json").is_file()
     trials = pd.read_csv(run / "trials.csv").set_index("trial_id")
     assert len(trials) == 2
@@ -156,12 +174,12 @@ def test_every_trial_failing_exits_nonzero_with_first_error(run_cli, ray_address
 
 
 # While every trial runs: Tune then ends them as if they had finished, so only its saved state tells. (Ctrl-C
-# before the second trial exists is test_resume.py's study test, which stops a two-trial search so.)
+# in training: test_loopback.py, which stops a laptop's search so.)
 def test_sigterm_in_training_and_in_the_final_evaluation_stops_cleanly_and_resumes(run_cli, start_cli, ray_address,
                                                                                    tiny_data, tmp_path):
     """One search stopped twice by SIGTERM, as a batch scheduler stops it: while a trial trains, then in the
     final evaluation of the printed resume, run from another folder (143 both times); then the folder is
-    renamed and resumes under its new name to the end. (Ctrl-C in training: tests/test_resume.py.)"""
+    renamed and resumes under its new name to the end. (Ctrl-C in training: tests/test_loopback.py.)"""
     start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
     start.mkdir()
     elsewhere.mkdir()

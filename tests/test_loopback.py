@@ -79,6 +79,7 @@ def test_no_socket_of_a_local_search_listens_beyond_loopback(start_cli, tiny_dat
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=180)
         assert proc.returncode == 130, output[-3000:]
+        assert "--resume --name lan" in output  # Ctrl-C in training: the resume command, printed
         assert "Token authentication is" not in output
     finally:
         if proc.poll() is None:

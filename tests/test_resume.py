@@ -1,14 +1,13 @@
 """What --resume continues: the search as it started (options that would change it are refused), and only
-with the Optuna study its searcher was using. All through the real command line on the session's Ray."""
+with the Optuna study its searcher was using (a missing or unreadable one: test_fault_tolerance.py's
+killed-driver test, where it follows a real kill). All through the real command line on the session's Ray."""
 
 from __future__ import annotations
 
 import pickle
 import shutil
-import signal
 
-import pandas as pd
-from conftest import TINY, wait_for
+from conftest import TINY
 
 
 def error_line(done, before_ray: bool = True) -> str:
@@ -50,39 +49,6 @@ def test_resume_refuses_options_and_data_that_change_the_search(run_cli, ray_add
     (tmp_path / "opts" / "optuna.db").write_bytes(b"not a database\n" * 100)
     corrupt = error_line(run_cli(*resume))
     assert "optuna.db can't be read" in corrupt and "no trial has run yet" in corrupt, corrupt
-
-
-def test_resume_without_its_optuna_study_is_refused_and_leaves_the_folder_as_it_was(run_cli, start_cli, ray_address, tiny_data,
-                                                                                      tmp_path):
-    args = ["--data", tiny_data, "--results", tmp_path, "--name", "study", "--address", ray_address, *TINY]
-    proc = start_cli(*args, "--num-samples", "2", "--max-concurrent", "1")
-    run = tmp_path / "study"
-    wait_for(lambda: list((run / "train").glob("*/checkpoint_*")), 300, "a first epoch", proc)
-    proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 130, output[-3000:]
-    assert "--resume --name study" in output  # the hint, printed before the second trial existed
-    backup = tmp_path / "optuna.db.backup"
-    shutil.move(run / "optuna.db", backup)
-    resume = ["--resume", "--name", "study", "--results", tmp_path, "--address", ray_address]
-
-    missing = error_line(run_cli(*resume))
-    assert "optuna.db is missing" in missing and "--name" in missing, missing
-    assert not (run / "optuna.db").exists()  # no empty study left behind for the next try to trip on
-
-    garbage = b"not a database\n" * 100
-    (run / "optuna.db").write_bytes(garbage)
-    corrupt = error_line(run_cli(*resume))
-    assert "can't be read" in corrupt, corrupt
-    assert (run / "optuna.db").read_bytes() == garbage  # the user's file untouched
-
-    # Put back from the backup, as the refusal says; repeating the original options with --resume works too.
-    shutil.move(backup, run / "optuna.db")
-    resumed = run_cli(*args, "--num-samples", "2", "--max-concurrent", "1", "--resume")
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    assert "resuming with" not in resumed.stdout  # nothing differed, so nothing to say
-    assert (pd.read_csv(run / "trials.csv")["status"] != "error").sum() == 2
-    assert (run / "report.json").is_file()
 
 
 def test_tune_state_saved_under_the_older_module_paths_unpickles():
