@@ -28,8 +28,8 @@ def describe(cfg: SearchConfig, sources: list[str]) -> str:
     k, n = len(sources), cfg.num_samples
     if cfg.selection == "leave-source-out":
         return (f"selection leave-source-out over {k} sources ({', '.join(sources)}): each configuration trains "
-                f"{k} folds, one Ray Train run each, so {n} configurations cost {k * n} runs, plus 1 on every "
-                f"source for the chosen one ({k * n + 1} in all, against {n} for a pooled search)")
+                f"{k} folds, one Ray Train run each, so {n} configuration{'s' * (n != 1)} cost{'s' * (n == 1)} "
+                f"{k * n} runs, plus 1 on every source for the chosen one ({k * n + 1} in all, against {n} for a pooled search)")
     if cfg.selection == "worst-source":
         return (f"selection worst-source over {k} sources ({', '.join(sources)}): each configuration is ranked "
                 f"by its worst source's {cfg.metric}")
