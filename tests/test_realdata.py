@@ -22,7 +22,7 @@ from conftest import REPO
 REAL = REPO.parent / "shared" / "realcxr"
 pytestmark = pytest.mark.skipif(not (REAL / "tbdb-dev").is_dir() or not (REAL / "second-source-dev").is_dir(),
                                 reason=f"real chest X-rays not found at {REAL} (tbdb-dev/, second-source-dev/)")
-SEARCH = ["--model", "tf_efficientnet_lite0", "--image-sizes", "96", "--epochs", "4", "--batch-sizes", "32",
+SEARCH = ["--model", "tf_efficientnet_lite0", "--image-sizes", "96", "--epochs", "3", "--batch-sizes", "32",
           "--num-samples", "2", "--grace-period", "2", "--gpus-per-trial", "0"]
 
 
@@ -91,23 +91,24 @@ def _half(folder: Path, out: Path, keep: int) -> Path:
 
 def test_site_calibration_on_one_half_holds_on_the_other(real_run, tmp_path):
     site = REAL / "second-source-dev"
-    first, second = _half(site, tmp_path / "a", 0), _half(site, tmp_path / "b", 1)
+    first = _half(site, tmp_path / "a", 0)
     model, calibrated = real_run / "best_model.pt", tmp_path / "calibrated.pt"
     done = _cli("calibrate.py", model, first, "--target-sensitivity", "0.90", "--out", calibrated)
     assert done.returncode == 0, done.stderr[-2000:]
     record = torch.load(calibrated, weights_only=True)["calibration"]
     assert record["sensitivity"] >= 0.90 and record["site_data"] == str(first.resolve())
 
-    for name, path in (("original", model), ("calibrated", calibrated)):
-        done = _cli("evaluate.py", path, second, "--name", f"half-{name}")
-        assert done.returncode == 0, done.stderr[-2000:]
-    before = json.loads((real_run / "external-half-original.json").read_text())
-    after = json.loads((tmp_path / "external-half-calibrated.json").read_text())
-    print(f"other half: saved threshold sens {before['sensitivity']:.3f} spec {before['specificity']:.3f}; "
-          f"calibrated sens {after['sensitivity']:.3f} spec {after['specificity']:.3f}")
+    # The other half, as the search scored it (the calibrated file changes the threshold, not the weights).
+    scores = pd.read_csv(real_run / "external_scores.csv")
+    other = scores[~scores["path"].isin({f"{f.parent.name}/{f.name}" for f in first.rglob("*.*")})]
+    assert len(other) == len(scores) - record["n"]
+    tb = other[other["label"] == 1]
+    saved = torch.load(model, weights_only=True)["threshold"]
+    before, after = (tb["score"] >= saved).mean(), (tb["score"] >= torch.load(calibrated, weights_only=True)["threshold"]).mean()
+    print(f"other half: sensitivity {before:.3f} at the saved threshold, {after:.3f} at the calibrated one")
     # The threshold chosen on one half keeps most of its sensitivity on images it never saw.
-    assert after["sensitivity"] >= 0.85
-    assert after["sensitivity"] >= before["sensitivity"] or before["sensitivity"] >= 0.90
+    assert after >= 0.85
+    assert after >= before or before >= 0.90
 
 
 def test_shortcut_audit_writes_its_section(real_run):
