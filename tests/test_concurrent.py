@@ -1,44 +1,119 @@
-"""Two searches on one machine: each with its own local Ray (no --address), as two people would start them.
+"""Searches on a laptop: each starts its own local Ray (no --address), as two people on one machine would.
 
-Each search asks Ray's state API about its own cluster only; a third search that wants a run folder in use
-is refused in one line. Kept light for small machines: one trial each, one CPU each.
+That Ray keeps to itself: every socket it listens on is a loopback address, and its dashboard answers only
+to the token. (The one socket beyond loopback is torch's, not Ray's: the rendezvous store of a trial's
+process group.) Two such searches run at once, each asking Ray's state API about its own cluster only; a
+third that wants a run folder in use is refused in one line; Ctrl-C stops one with its resume command.
+Kept light for small machines: one trial each, one CPU each.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import re
+import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pandas as pd
-from conftest import REPO, TINY
-from test_fault_tolerance import wait_for
+import psutil
+from conftest import REPO, TINY, wait_for
+
+from tbray.rayops import reaper
 
 LIGHT = [*TINY, "--batch-sizes", "8", "--num-samples", "1", "--num-cpus", "1"]
 
 
-def start(*args) -> subprocess.Popen:
+def start(*args, env: dict | None = None) -> subprocess.Popen:
     """A search in the background with its output captured."""
-    return subprocess.Popen([sys.executable, str(REPO / "tune" / "search.py"), *map(str, args)], cwd=REPO,
+    return subprocess.Popen([sys.executable, str(REPO / "tune" / "search.py"), *map(str, args)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_two_local_searches_at_once_both_finish_and_a_busy_run_folder_is_refused(run_cli, tiny_data, tmp_path):
-    first = start("--data", tiny_data, "--results", tmp_path, "--name", "first", *LIGHT)
+def listening(pids) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every listening TCP socket held by one of `pids`."""
+    found = []
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            try:
+                found.append((conn.laddr.ip, conn.laddr.port, psutil.Process(conn.pid).name()))
+            except psutil.NoSuchProcess:
+                continue
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped is not None and ip.ipv4_mapped.is_loopback)
+
+
+def dashboard_url(proc, seen: list[str]) -> str:
+    """The dashboard address tbray prints, read from the search's output (kept in `seen`) as it comes."""
+    for line in proc.stdout:
+        seen.append(line)
+        if found := re.search(r"Ray dashboard at (http://[^;\s]+)", line):
+            return found.group(1)
+    raise AssertionError(f"the search ended without naming its dashboard:\n{''.join(seen)[-3000:]}")
+
+
+def status(url: str, token: str | None = None) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_two_local_searches_keep_to_loopback_both_run_and_a_busy_run_folder_is_refused(run_cli, tiny_data, tmp_path,
+                                                                                       monkeypatch):
+    # As in a fresh shell: token authentication must be on because tbray asks for it, not by Ray's
+    # default (which prints a warning); a Ray started earlier in this test session sets the variable.
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    # The first holds its trial after epoch 1 (a test hook), so every server of its Ray is up when looked at.
+    held = tmp_path / "held.pid"
+    first = start("--data", tiny_data, "--results", tmp_path, "--name", "first", *LIGHT, "--epochs", "4",
+                  env={**os.environ, "TBRAY_HOLD_AFTER": f"1:{held}"})
     second = start("--data", tiny_data, "--results", tmp_path, "--name", "second", *LIGHT)
     try:
-        # Once Tune writes its experiment, "first" holds its run folder; a resume of it must wait its turn.
-        wait_for(lambda: (tmp_path / "first" / "tune").is_dir(), 400, "the first search's trials", first)
+        seen: list[str] = []
+        url = dashboard_url(first, seen)
+        assert not [line for line in seen if "Token authentication is" in line], seen
+        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+        assert status(f"{url}/api/version") == 401 and status(f"{url}/api/version", token) == 200
+
+        wait_for(held.exists, 400, "the first search's trial, held after epoch 1", first)
+        # The GCS, raylet, dashboard, its agents and the Train workers all listen now.
+        sockets = listening({first.pid, *reaper.descendants(first.pid)})
+        names = {name for _, _, name in sockets}
+        assert "gcs_server" in names and "raylet" in names, sockets  # the servers a LAN could reach
+        # One exception, torch's: rank 0 of a trial's worker group holds the process group's rendezvous
+        # store (TCPStore), which torch binds to every interface with no setting to change it.
+        beyond = [s for s in sockets if not is_loopback(s[0])]
+        assert len(beyond) <= 1 and all(name == "ray::RayTrainWorker" for _, _, name in beyond), sockets
+        assert any(name == "ray::RayTrainWorker" and is_loopback(ip) for ip, _, name in sockets), sockets
+
         busy = run_cli("--resume", "--name", "first", "--results", tmp_path, timeout=300)
-        outputs = [proc.communicate(timeout=900)[0] for proc in (first, second)]
+        assert busy.returncode == 2, busy.stderr[-3000:]
+        assert busy.stderr.strip().splitlines() == [
+            f"tbray: error: {tmp_path / 'first'}: another search is using this run folder now; wait for it to end "
+            f"or pass another --name"]
+
+        output = second.communicate(timeout=900)[0]
+        assert second.returncode == 0, output[-4000:]
+        assert (tmp_path / "second" / "report.json").is_file()
+        assert pd.read_csv(tmp_path / "second" / "trials.csv")["status"].tolist() == ["completed"]
+
+        first.send_signal(signal.SIGINT)  # Ctrl-C in training
+        output = "".join(seen) + first.communicate(timeout=180)[0]
+        assert first.returncode == 130, output[-3000:]
+        assert "--resume --name first" in output  # the resume command, printed
+        assert "Token authentication is" not in output
     finally:
         for proc in (first, second):
             if proc.poll() is None:
                 proc.kill()
-    assert busy.returncode == 2, busy.stderr[-3000:]
-    assert busy.stderr.strip().splitlines() == [
-        f"tbray: error: {tmp_path / 'first'}: another search is using this run folder now; wait for it to end or "
-        f"pass another --name"]
-    for proc, output, name in zip((first, second), outputs, ("first", "second")):
-        assert proc.returncode == 0, output[-4000:]
-        assert (tmp_path / name / "report.json").is_file()
-        assert pd.read_csv(tmp_path / name / "trials.csv")["status"].tolist() == ["completed"]

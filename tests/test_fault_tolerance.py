@@ -174,12 +174,12 @@ def test_every_trial_failing_exits_nonzero_with_first_error(run_cli, ray_address
 
 
 # While every trial runs: Tune then ends them as if they had finished, so only its saved state tells. (Ctrl-C
-# in training: test_loopback.py, which stops a laptop's search so.)
+# in training: test_concurrent.py, which stops a laptop's search so.)
 def test_sigterm_in_training_and_in_the_final_evaluation_stops_cleanly_and_resumes(run_cli, start_cli, ray_address,
                                                                                    tiny_data, tmp_path):
     """One search stopped twice by SIGTERM, as a batch scheduler stops it: while a trial trains, then in the
     final evaluation of the printed resume, run from another folder (143 both times); then the folder is
-    renamed and resumes under its new name to the end. (Ctrl-C in training: tests/test_loopback.py.)"""
+    renamed and resumes under its new name to the end. (Ctrl-C in training: tests/test_concurrent.py.)"""
     start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
     start.mkdir()
     elsewhere.mkdir()
