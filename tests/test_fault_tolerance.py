@@ -9,8 +9,10 @@ import os
 import shlex
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -31,13 +33,13 @@ def finished_trials(run: Path) -> dict[str, dict]:
     return done
 
 
-def optuna_states(run: Path) -> list:
-    """The states of the search's Optuna trials, read while the search runs (empty before its study exists)."""
-    if not (run / "optuna.db").is_file():
-        return []
+def optuna_states(run: Path) -> list[str]:
+    """The states of the search's Optuna trials ('COMPLETE', ...), read while the search runs: read-only, since
+    optuna.load_study would create the tables itself, racing the search that is creating them."""
     try:
-        return [t.state for t in optuna.load_study(study_name=None, storage=f"sqlite:///{run / 'optuna.db'}").trials]
-    except (KeyError, ValueError):  # the study is not created yet
+        with closing(sqlite3.connect(f"file:{run / 'optuna.db'}?mode=ro", uri=True)) as db:
+            return [state for (state,) in db.execute("SELECT state FROM trials")]
+    except sqlite3.OperationalError:  # no file yet, or no trials table yet
         return []
 
 
@@ -70,7 +72,7 @@ def test_killed_driver_resumes_without_losing_finished_trials(run_cli, start_cli
     # (Tune saves its state only at start-up under this period; by default every 10 s or more). The resume
     # used to restart it, get no result, and stop on a traceback with the study's trial RUNNING for good.
     proc = start_cli(*args, "--num-samples", "2", "--max-concurrent", "1", env={"TUNE_GLOBAL_CHECKPOINT_S": "3600"})
-    wait_for(lambda: optuna.trial.TrialState.COMPLETE in optuna_states(tmp_path / "killed"), 300,
+    wait_for(lambda: "COMPLETE" in optuna_states(tmp_path / "killed"), 300,
              "a trial Optuna has recorded as COMPLETE", proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and anything it started, mid-search
     proc.wait()
