@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -315,35 +316,39 @@ def test_the_console_holds_no_library_warnings_or_per_trial_tables(e2e):
 
 def test_damaged_run_files_and_output_slips_are_refused_before_any_work(e2e):
     """evaluate, calibrate, export and audit on a copy of the run folder whose files were damaged by hand (or
-    with an output path that slipped): one line, exit 2, no file of the folder changed."""
+    with an output path that slipped): one line, exit 2, no file of the folder changed. One copy per case,
+    so the cases run two at a time (each spends seconds importing torch)."""
     tmp_path, other, _ = e2e
-    copy = tmp_path / "damaged"
-    copy.mkdir()
-    for name in ("best_model.pt", "search.json", "split.csv", "report.json", "test_scores.csv"):
-        (copy / name).write_bytes((tmp_path / "e2e" / name).read_bytes())
-    model = copy / "best_model.pt"
-    n_test = int((pd.read_csv(copy / "split.csv")["split"] == "test").sum())
+    n_test = int((pd.read_csv(tmp_path / "e2e" / "split.csv")["split"] == "test").sum())
+    short = (tmp_path / "e2e" / "test_scores.csv").read_text().splitlines()[:2]
+    garbage = b"\xee\x01\x02 not a table \xff\n" * 10
+    cases = {  # name: (script, its arguments after the model or folder, a damaged file, the refusal)
+        "split": ("evaluate.py", [other], ("split.csv", garbage), "split.csv: unreadable split file"),
+        "report": ("evaluate.py", [other], ("report.json", b"[1, 2]"), "report.json: not the report.json a search writes"),
+        "export_out": ("export.py", ["--out", "MODEL"], None, "--out would overwrite"),
+        "calibrate_out": ("calibrate.py", [other, "--out", tmp_path], None, "is a folder; --out takes a file name"),
+        "scores": ("audit.py", [], ("test_scores.csv", "\n".join(short).encode()),
+                   f"1 score row(s) for the {n_test} test images"),
+    }
 
-    def refused(script: str, *args, damage: tuple[str, bytes] | None = None) -> str:
-        original = None
+    def refused(name: str) -> tuple[str, str]:
+        script, args, damage, _ = cases[name]
+        copy = tmp_path / f"damaged-{name}"
+        copy.mkdir()
+        for file in ("best_model.pt", "search.json", "split.csv", "report.json", "test_scores.csv"):
+            (copy / file).write_bytes((tmp_path / "e2e" / file).read_bytes())
         if damage:
-            original = (copy / damage[0]).read_bytes()
             (copy / damage[0]).write_bytes(damage[1])
+        model = copy / "best_model.pt"
         before = {p.name: p.read_bytes() for p in copy.iterdir()}
-        done = _cli(script, *args)
+        first = copy if script == "audit.py" else model
+        done = _cli(script, first, *[model if a == "MODEL" else a for a in args])
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("tbray: error: "), done.stderr[-3000:]
         assert {p.name: p.read_bytes() for p in copy.iterdir()} == before  # nothing written, nothing left behind
-        if damage:
-            (copy / damage[0]).write_bytes(original)
-        return lines[0]
+        return name, lines[0]
 
-    garbage = b"\xee\x01\x02 not a table \xff\n" * 10
-    assert "split.csv: unreadable split file" in refused("evaluate.py", model, other, damage=("split.csv", garbage))
-    assert "report.json: not the report.json a search writes" in refused("evaluate.py", model, other,
-                                                                         damage=("report.json", b"[1, 2]"))
-    assert "--out would overwrite" in refused("export.py", model, "--out", model)
-    assert "is a folder; --out takes a file name" in refused("calibrate.py", model, other, "--out", tmp_path)
-    short = (copy / "test_scores.csv").read_text().splitlines()[:2]
-    assert f"1 score row(s) for the {n_test} test images" in refused("audit.py", copy,
-                                                             damage=("test_scores.csv", "\n".join(short).encode()))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        lines = dict(pool.map(refused, cases))
+    for name, (_, _, _, message) in cases.items():
+        assert message in lines[name], (name, lines[name])
