@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tbray-installed
 DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: demo test test-fast ui bench bench-predict gpu-check clean-venv
+.PHONY: demo test test-fast ui bench bench-predict gpu-check cluster-local clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench-predict: $(STAMP)
 # share at 1-8 trials per GPU, a 16-trial search against its compute bound. `--smoke` rehearses it on a CPU.
 gpu-check: $(STAMP)
 	$(PY) tune/gpu_check.py
+
+# cluster/gpu.yaml's autoscaling on this machine (Ray's fake multi-node provider): a head, "GPU" worker
+# nodes started as local processes when trials wait, a tiny search on them, the nodes going when idle.
+cluster-local: $(STAMP)
+	$(PY) tune/cluster_local.py $(if $(KEEP),--keep)
 
 clean-venv:
 	rm -rf $(VENV)

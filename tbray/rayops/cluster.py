@@ -20,7 +20,9 @@ from tbray.errors import UserError
 from tbray.rayops import packing, reaper
 
 # Where `ray up` leaves the launcher config on the head; cluster/gpu.yaml starts the autoscaler with it.
+# A head started by hand (`ray start --autoscaling-config`, tbray.rayops.fakecluster) names its own here.
 AUTOSCALING_CONFIG = Path("~/ray_bootstrap_config.yaml")
+AUTOSCALING_CONFIG_ENV = "TBRAY_AUTOSCALING_CONFIG"
 # Ray Train's controller polls its workers once per health check (every 2 s by default): a started
 # worker group, each report and a finished run wait for the next poll. Polled every 0.25 s, a trial
 # loses less of that (tune/bench.py measures start-up and wind-down). Set before Ray starts (or forwarded
@@ -76,7 +78,8 @@ def connect(cfg: SearchConfig) -> dict:
         print(f"tbray: Ray dashboard at http://{url}{hint}")
     joined = bool(cfg.address or os.environ.get("RAY_ADDRESS"))  # only a cluster's head has its launcher config
     return {"resources": ray.cluster_resources(), "nodes": len([n for n in ray.nodes() if n["Alive"]]),
-            "max_resources": autoscaling_limits() if joined else None, "session_dir": session_dir}
+            "max_resources": autoscaling_limits(Path(os.environ.get(AUTOSCALING_CONFIG_ENV, AUTOSCALING_CONFIG)))
+            if joined else None, "session_dir": session_dir}
 
 
 def _forwarded_env() -> dict | None:

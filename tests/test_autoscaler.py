@@ -1,0 +1,87 @@
+"""cluster/gpu.yaml's autoscaling, on one machine: Ray's fake multi-node provider runs the real autoscaler
+with the YAML's node types (tbray.rayops.fakecluster). Worker nodes come only when trials wait for them,
+the trials run on them and not on the head, checkpoints go to the shared storage, and the nodes go once
+idle; `ray status` agrees at each step. Skipped, with the reason, where the provider can't start."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO, TINY, wait_for
+
+from tbray.errors import UserError
+from tbray.rayops import fakecluster
+
+WORKER = "ray.worker.gpu"  # cluster/gpu.yaml's GPU worker type, min_workers 0
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    # Directly under /tmp: Ray's socket paths under a pytest tmp_path pass AF_UNIX's 107-byte limit.
+    folder = Path(tempfile.mkdtemp(prefix="tbray-cluster-"))
+    try:
+        address, _ = fakecluster.up(REPO / "cluster" / "gpu.yaml", folder, idle_timeout_minutes=0.25)
+    except UserError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"Ray's fake multi-node provider did not start here: {exc}")
+    yield address, folder
+    fakecluster.down(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _at(stamp: str) -> float:
+    """A Ray log line's local time ('2026-12-03 07:27:04,805') as a Unix time."""
+    return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def test_worker_nodes_come_for_waiting_trials_run_them_and_go_when_idle(run_cli, local_cluster, tiny_data, tmp_path):
+    address, folder = local_cluster
+    # As a user joining a token cluster sets it; and where the head's autoscaler reads its limits.
+    env = {"RAY_AUTH_MODE": "token", "TBRAY_AUTOSCALING_CONFIG": str(folder / "autoscaling.yaml")}
+    args = ["--data", tiny_data, "--results", tmp_path, "--address", address, *TINY]
+    assert fakecluster.active_nodes(address) == {fakecluster.HEAD_TYPE: 1}  # scale from zero: the head alone
+
+    # No worker is up yet, but the autoscaler may start some: a search without shared storage is refused.
+    refused = run_cli(*args, "--name", "nostore", "--worker-resource", "fake_gpu=1", env=env, timeout=120)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "may grow, but no shared storage" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert not [e for _, e in fakecluster.events(folder) if e.startswith("Adding")]  # and nothing was started
+
+    shared = tmp_path / "shared"  # one folder every node sees, standing in for S3 or NFS
+    started = time.time()
+    done = run_cli(*args, "--name", "auto", "--storage", shared, "--worker-resource", "fake_gpu=1",
+                   "--num-samples", "2", env=env)
+    ended = time.time()
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "on 1 node(s)" in done.stdout  # the plan was made while the head was alone
+
+    # The nodes came once trials waited, and the trials ran there: two trials, two "GPU" nodes.
+    added = [(_at(t), e) for t, e in fakecluster.events(folder) if e.startswith("Adding")]
+    assert added and all(started < t < ended for t, _ in added), added
+    assert all(WORKER in e for _, e in added), added
+    history = pd.read_csv(tmp_path / "auto" / "history.csv")
+    nodes = history.groupby("trial_id")["node_id"].first()
+    head = fakecluster.HEAD_NODE_ID
+    assert len(nodes) == 2 and nodes.nunique() == 2 and head not in set(nodes), nodes
+    assert list(shared.glob("auto/train/*/checkpoint_*")), "checkpoints belong on the shared storage"
+    report = json.loads((tmp_path / "auto" / "report.json").read_text())
+    assert report["best"]["checkpoint"].startswith(str(shared))
+
+    # Idle, they go; what `ray status` says matches the autoscaler's own account. Not 15 s after the search:
+    # Tune stops each trial at its last epoch before its Train run cancels its request for nodes, and that
+    # request lasts until it expires, 180 s after it was made (measured: nodes gone 182 s after the search).
+    up = fakecluster.active_nodes(address).get(WORKER, 0)
+    wait_for(lambda: fakecluster.active_nodes(address) == {fakecluster.HEAD_TYPE: 1}, 300, "the idle nodes to go")
+    removed = [(_at(t), e) for t, e in fakecluster.events(folder) if e.startswith("Removing")]
+    assert removed and all("(idle)" in e for _, e in removed) and min(removed)[0] > max(added)[0], removed
+    timeline = sorted([(t - started, e) for t, e in added + removed])
+    print(f"\nsearch {ended - started:.0f} s; worker nodes up when it ended: {up}")
+    for offset, event in timeline:
+        print(f"  {offset:+7.1f} s  {event}")
