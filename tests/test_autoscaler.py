@@ -66,7 +66,7 @@ def test_worker_nodes_come_for_waiting_trials_run_them_and_go_when_idle(run_cli,
     added = [(_at(t), e) for t, e in fakecluster.events(folder) if e.startswith("Adding")]
     assert added and all(started < t < ended for t, _ in added), added
     assert all(WORKER in e for _, e in added), added
-    history = pd.read_csv(tmp_path / "auto" / "history.csv")
+    history = pd.read_csv(tmp_path / "auto" / "history.csv", dtype={"trial_id": str})
     nodes = history.groupby("trial_id")["node_id"].first()
     head = fakecluster.HEAD_NODE_ID
     assert len(nodes) == 2 and nodes.nunique() == 2 and head not in set(nodes), nodes

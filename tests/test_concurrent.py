@@ -106,7 +106,7 @@ def test_two_local_searches_keep_to_loopback_both_run_and_a_busy_run_folder_is_r
         output = second.communicate(timeout=900)[0]
         assert second.returncode == 0, output[-4000:]
         assert (tmp_path / "second" / "report.json").is_file()
-        assert pd.read_csv(tmp_path / "second" / "trials.csv")["status"].tolist() == ["completed"]
+        assert pd.read_csv(tmp_path / "second" / "trials.csv", dtype={"trial_id": str})["status"].tolist() == ["completed"]
 
         first.send_signal(signal.SIGINT)  # Ctrl-C in training
         output = "".join(seen) + first.communicate(timeout=180)[0]

@@ -138,7 +138,7 @@ def test_the_viewers_open_from_the_install_and_show_the_runs_trials(finished_run
     from mlflow.tracking import MlflowClient
 
     run = finished_run.folder
-    trial_ids = set(pd.read_csv(run / "trials.csv")["trial_id"])
+    trial_ids = set(pd.read_csv(run / "trials.csv", dtype={"trial_id": str})["trial_id"])
     client = MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(run.name)
     trial_run = next(r for r in client.search_runs([experiment.experiment_id]) if "tune_trial_id" in r.data.tags)

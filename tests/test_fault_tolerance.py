@@ -100,12 +100,12 @@ def test_killed_driver_resumes_without_losing_finished_trials(run_cli, start_cli
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert "resuming with" not in resumed.stdout  # nothing differed, so nothing to say
     assert (run / "report.json").is_file()
-    trials = pd.read_csv(run / "trials.csv").set_index("trial_id")
+    trials = pd.read_csv(run / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
     assert len(trials) == 2
     assert trials.loc[trial_id, "last_val_auroc"] == before["val_auroc"]  # its results kept as they were
     assert trials.loc[trial_id, "epochs_done"] == before["epoch"]
     assert sha(checkpoint) == checkpoint_sha  # the finished trial was not retrained
-    history = pd.read_csv(run / "history.csv")
+    history = pd.read_csv(run / "history.csv", dtype={"trial_id": str})
     assert not history.duplicated(["trial_id", "epoch"]).any()
 
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{run / 'optuna.db'}")
@@ -141,7 +141,7 @@ def test_killed_worker_restarts_from_checkpoint(start_cli, ray_address, tiny_dat
     os.kill(int(held.read_text().split()[0]), signal.SIGKILL)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-3000:]
-    history = pd.read_csv(tmp_path / "worker" / "history.csv")
+    history = pd.read_csv(tmp_path / "worker" / "history.csv", dtype={"trial_id": str})
     assert history["epoch"].tolist() == [1, 2, 3, 4]  # no gap, no repeat after the restart
     # The restarted worker reported its own start-up from the epoch it resumed at.
     held_at = int(held.read_text().split()[1])
@@ -149,7 +149,7 @@ def test_killed_worker_restarts_from_checkpoint(start_cli, ray_address, tiny_dat
     assert len(after), f"held at epoch {held_at}, the last: nothing was left to restart"
     assert before["startup_s"].nunique() == 1 and after["startup_s"].nunique() == 1, history["startup_s"].tolist()
     assert set(before["startup_s"]).isdisjoint(after["startup_s"])
-    assert pd.read_csv(tmp_path / "worker" / "trials.csv")["status"].tolist() == ["completed"]
+    assert pd.read_csv(tmp_path / "worker" / "trials.csv", dtype={"trial_id": str})["status"].tolist() == ["completed"]
 
 
 def test_failing_trial_is_recorded_and_search_goes_on(run_cli, ray_address, tiny_data, tmp_path):
@@ -157,7 +157,7 @@ def test_failing_trial_is_recorded_and_search_goes_on(run_cli, ray_address, tiny
                    *TINY, "--batch-sizes", "8,16", "--num-samples", "2", "--seed", "1",
                    "--max-failures", "0", env={"TBRAY_FAIL_AT": "1:8"})
     assert done.returncode == 0, done.stderr[-3000:]
-    trials = pd.read_csv(tmp_path / "fail" / "trials.csv")
+    trials = pd.read_csv(tmp_path / "fail" / "trials.csv", dtype={"trial_id": str})
     failing, healthy = trials[trials["batch_size"] == 8], trials[trials["batch_size"] == 16]
     assert len(failing) and len(healthy), "seed 1 should sample both batch sizes; pick another seed"
     assert (failing["status"] == "error").all()
@@ -222,5 +222,5 @@ def test_sigterm_in_training_and_in_the_final_evaluation_stops_cleanly_and_resum
     run.rename(renamed)
     resumed = run_cli("--resume", "--name", "renamed", "--results", start / "results", "--address", ray_address)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    assert pd.read_csv(renamed / "trials.csv")["status"].tolist() == ["completed"] and (renamed / "report.json").is_file()
+    assert pd.read_csv(renamed / "trials.csv", dtype={"trial_id": str})["status"].tolist() == ["completed"] and (renamed / "report.json").is_file()
     assert not run.exists() and not list(elsewhere.iterdir())  # nothing written relative to the folder it ran in

@@ -38,7 +38,7 @@ def test_half_gpu_trials_share_one_gpu(run_cli, one_stand_in_gpu, tiny_data, tmp
                    "--num-samples", "2")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "up to 2 trial(s) at once" in done.stdout  # the stand-in GPU binds: CPUs would allow 3
-    assert (pd.read_csv(tmp_path / "packed" / "trials.csv")["status"] == "completed").all()
+    assert (pd.read_csv(tmp_path / "packed" / "trials.csv", dtype={"trial_id": str})["status"] == "completed").all()
     (a_start, a_end), (b_start, b_end) = spans(tmp_path / "packed")
     # On one GPU, two trials were training at the same time: their epochs overlap in time (12 epochs, so the
     # training outlasts the second trial's start-up; Tune's timestamps are whole seconds).

@@ -54,7 +54,7 @@ def test_chosen_threshold_keeps_the_target_sensitivity_on_test(real_run):
 
 
 def test_optuna_learns_the_value_the_best_trial_choice_ranks_by(real_run):
-    trials = pd.read_csv(real_run / "trials.csv")
+    trials = pd.read_csv(real_run / "trials.csv", dtype={"trial_id": str})
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{real_run / 'optuna.db'}")
     told = sorted(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
     assert told == pytest.approx(sorted(trials["best_val_loss"]), rel=1e-9)

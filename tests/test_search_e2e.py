@@ -45,7 +45,7 @@ def test_search_end_to_end(e2e, tiny_data):
     assert set(split["source"]) == {"data"}  # one --data: its source is named by its folder
     assert len(split) == 72 and set(split["split"]) == {"train", "val", "test"}
 
-    trials = pd.read_csv(run / "trials.csv")
+    trials = pd.read_csv(run / "trials.csv", dtype={"trial_id": str})
     assert len(trials) == 2
     assert set(trials["status"]) <= {"completed", "stopped_early"}
     assert (trials["best_val_loss"] > 0).all() and trials["last_val_auroc"].between(0, 1).all()
@@ -229,7 +229,7 @@ def test_mlflow_holds_one_run_per_trial_under_the_search_run(e2e):
         runs = mlflow.search_runs(experiment_names=["e2e"])
     finally:
         mlflow.set_tracking_uri(None)
-    table = pd.read_csv(run / "trials.csv").set_index("trial_id")
+    table = pd.read_csv(run / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
     children = runs[runs["tags.tune_trial_id"].notna()].set_index("tags.tune_trial_id")
     assert sorted(children.index) == sorted(table.index)
     for trial_id, row in table.iterrows():
@@ -268,7 +268,7 @@ def test_mlflow_was_written_while_the_trials_ran(e2e):
     runs = client.search_runs([experiment.experiment_id])
     parent = next(r for r in runs if r.data.tags.get("tbray_search") == "parent")
     trials = [r for r in runs if "tune_trial_id" in r.data.tags]
-    history = pd.read_csv(run / "history.csv")
+    history = pd.read_csv(run / "history.csv", dtype={"trial_id": str})
     for trial in trials:
         epochs = client.get_metric_history(trial.info.run_id, "val_loss")
         times = sorted(m.timestamp for m in epochs)
@@ -288,7 +288,7 @@ def test_optuna_trials_carry_their_tune_trial_id_and_status(e2e):
     # Named after the run and its metric, as optuna-dashboard lists and plots them (not "tbray", "Objective 0").
     assert (study.study_name, study.metric_names) == ("e2e", ["best_val_loss"])
     labelled = {t.user_attrs["tune_trial_id"]: t for t in study.trials if "tune_trial_id" in t.user_attrs}
-    table = pd.read_csv(run / "trials.csv").set_index("trial_id")
+    table = pd.read_csv(run / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
     assert sorted(labelled) == sorted(table.index)
     for trial_id, row in table.iterrows():
         optuna_trial = labelled[trial_id]

@@ -31,13 +31,13 @@ def left_out_run(run_cli, ray_address, tmp_path_factory):
 
 def test_each_configuration_trains_one_fold_per_source_and_optuna_sees_their_mean(left_out_run):
     run, console = left_out_run
-    table = pd.read_csv(run / "trials.csv")
+    table = pd.read_csv(run / "trials.csv", dtype={"trial_id": str})
     assert len(table) == 1  # one configuration: its folds, then its refit on every source, are three Train runs
     # Fold-to-trial mapping: every trial ran one Ray Train run per left-out source.
     runs = {p.name for p in (run / "train").iterdir()}
     for trial_id in table["trial_id"]:
         assert {f"train-{trial_id}-without-site-a", f"train-{trial_id}-without-b"} <= runs
-    history = pd.read_csv(run / "history.csv")
+    history = pd.read_csv(run / "history.csv", dtype={"trial_id": str})
     assert {"heldout_val_loss", "val_loss/site-a", "val_loss/b", "best_heldout_val_loss"} <= set(history.columns)
     means = (history["val_loss/site-a"] + history["val_loss/b"]) / 2
     assert (history["heldout_val_loss"] - means).abs().max() < 1e-9
@@ -53,16 +53,16 @@ def test_each_configuration_trains_one_fold_per_source_and_optuna_sees_their_mea
 def test_the_chosen_configuration_is_trained_on_every_source_and_reported_per_source(left_out_run):
     run, console = left_out_run
     report = json.loads((run / "report.json").read_text())
-    history = pd.read_csv(run / "history.csv")
+    history = pd.read_csv(run / "history.csv", dtype={"trial_id": str})
     chosen = report["sources"]["chosen"]
     top = history.loc[history["heldout_val_loss"].idxmin()]
     assert chosen["chosen_trial_id"] == top["trial_id"] and chosen["value"] == pytest.approx(top["heldout_val_loss"])
     assert set(chosen["left_out"]) >= {"val_auroc/site-a", "val_auroc/b"}
     # The model tested is the refit on every source: its own trial, and its Train run, not a fold's.
-    refit = pd.read_csv(run / "refit_history.csv")
+    refit = pd.read_csv(run / "refit_history.csv", dtype={"trial_id": str})
     assert report["best"]["trial_id"] == refit["trial_id"].iloc[0] != chosen["chosen_trial_id"]
     assert (run / "train" / f"train-{report['best']['trial_id']}").is_dir()
-    chosen_row = pd.read_csv(run / "trials.csv").set_index("trial_id").loc[chosen["chosen_trial_id"]]
+    chosen_row = pd.read_csv(run / "trials.csv", dtype={"trial_id": str}).set_index("trial_id").loc[chosen["chosen_trial_id"]]
     assert report["best"]["params"] == pytest.approx({k: chosen_row[k] for k in report["best"]["params"]})
     assert set(report["sources"]["test"]) == {"site-a", "b"}
     assert sum(r["n"] for r in report["sources"]["test"].values()) == report["evaluation"]["n_test"]
@@ -86,7 +86,7 @@ def test_the_chosen_steps_travel_with_the_model_and_score_alike_everywhere(left_
     from tbray.predict.scorer import open_model
 
     run, _ = left_out_run
-    table = pd.read_csv(run / "trials.csv")
+    table = pd.read_csv(run / "trials.csv", dtype={"trial_id": str})
     assert {"preprocess", "crop"} <= set(table.columns)
     report = json.loads((run / "report.json").read_text())
     chosen = report["best"]["params"]

@@ -148,7 +148,7 @@ def search(check: Check, data: Path, results: Path, name: str, trials: int, epoc
     wall = time.time() - start
     if done.returncode != 0:
         raise RuntimeError(f"search {name} failed ({done.returncode}): {done.stderr[-1500:]}")
-    history = pd.read_csv(results / name / "history.csv")
+    history = pd.read_csv(results / name / "history.csv", dtype={"trial_id": str})
     first = history.sort_values("epoch").groupby("trial_id").first()
     n_train = int((pd.read_csv(results / name / "split.csv")["split"] == "train").sum())
     return {"wall_s": wall, "busy": gpu.busy(), "generations": math.ceil(trials / per_gpu), "n_train": n_train,
