@@ -62,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tbray: {' '.join(command)}", flush=True)
         code = subprocess.run(command, env=env).returncode
         nodes, deadline = fakecluster.active_nodes(address), time.time() + IDLE_S + 240
-        # Tune stops each trial at its last epoch, before its Train run cancels its request for nodes, which
-        # then lasts until it expires (180 s in Ray 2.60): the nodes go idle that much later (docs/cluster.md).
+        # A trial ASHA stopped early was killed before its Train run withdrew its request for nodes, which
+        # then lasts until it expires (180 s in Ray 2.60): nodes can go idle that much later (docs/cluster.md).
         print(f"tbray: nodes after the search: {nodes}; idle ones go {IDLE_S} s after Ray Train's last request "
-              "for them expires (up to 3 minutes)", flush=True)
+              "for them ends (up to 3 minutes after a trial ASHA stopped)", flush=True)
         while len(nodes) > 1 and time.time() < deadline:
             time.sleep(5)
             nodes = fakecluster.active_nodes(address)

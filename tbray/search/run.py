@@ -43,8 +43,10 @@ def make_tuner(cfg: SearchConfig, trainable, tune_storage: str, max_concurrent: 
     name = studies.create(runfolder.study_path(cfg), cfg.name, metric, cfg.mode)
     searcher = LabelledOptunaSearch(metric=metric, mode=cfg.mode, storage=storage, study_name=name, seed=cfg.seed)
     max_t = max(cfg.space.epochs)
+    # A trial that reaches max_t ends by itself rather than being stopped by ASHA: a stopped trial's Train run
+    # is killed before it can withdraw its request for nodes, which then holds GPU nodes for Ray Train's 180 s.
     scheduler = ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(cfg.grace_period, max_t),
-                              reduction_factor=cfg.reduction_factor)
+                              reduction_factor=cfg.reduction_factor, stop_last_trials=False)
     return tune.Tuner(
         trainable,
         param_space=cfg.space.param_space(),
