@@ -1,8 +1,6 @@
 """Audit a finished search for shortcuts: `python tune/audit.py --help`."""
 
-import sys
-
-from tbray.commands import audit
+from tbray.commands import exits, audit
 
 if __name__ == "__main__":
-    sys.exit(audit.main())
+    exits.leave(audit.main())

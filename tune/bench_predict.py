@@ -1,8 +1,6 @@
 """Benchmark streaming prediction, PyTorch against ONNX Runtime: `python tune/bench_predict.py --help`."""
 
-import sys
-
-from tbray.commands import bench_predict
+from tbray.commands import exits, bench_predict
 
 if __name__ == "__main__":
-    sys.exit(bench_predict.main())
+    exits.leave(bench_predict.main())

@@ -1,8 +1,6 @@
 """Choose a model's threshold on a site's own labelled X-rays: `python tune/calibrate.py --help`."""
 
-import sys
-
-from tbray.commands import calibrate
+from tbray.commands import exits, calibrate
 
 if __name__ == "__main__":
-    sys.exit(calibrate.main())
+    exits.leave(calibrate.main())

@@ -1,8 +1,6 @@
 """cluster/gpu.yaml's autoscaling path on this machine (Ray's fake multi-node provider): `python tune/cluster_local.py --help`."""
 
-import sys
-
-from tbray.commands import cluster_local
+from tbray.commands import exits, cluster_local
 
 if __name__ == "__main__":
-    sys.exit(cluster_local.main())
+    exits.leave(cluster_local.main())

@@ -1,8 +1,6 @@
 """Measure a search's model on labelled X-rays from elsewhere: `python tune/evaluate.py --help`."""
 
-import sys
-
-from tbray.commands import evaluate
+from tbray.commands import exits, evaluate
 
 if __name__ == "__main__":
-    sys.exit(evaluate.main())
+    exits.leave(evaluate.main())

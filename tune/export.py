@@ -1,8 +1,6 @@
 """Export a tbray model file to ONNX: `python tune/export.py --help`."""
 
-import sys
-
-from tbray.commands import export
+from tbray.commands import exits, export
 
 if __name__ == "__main__":
-    sys.exit(export.main())
+    exits.leave(export.main())

@@ -1,8 +1,6 @@
 """Search EfficientNet hyperparameters for TB chest X-rays: `python tune/search.py --help`."""
 
-import sys
-
-from tbray.commands import search
+from tbray.commands import exits, search
 
 if __name__ == "__main__":
-    sys.exit(search.main())
+    exits.leave(search.main())

@@ -1,8 +1,6 @@
 """Open one run's viewers (MLflow, optuna-dashboard, TensorBoard) on loopback: `python tune/ui.py --help`."""
 
-import sys
-
-from tbray.commands import ui
+from tbray.commands import exits, ui
 
 if __name__ == "__main__":
-    sys.exit(ui.main())
+    exits.leave(ui.main())
