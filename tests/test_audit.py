@@ -163,6 +163,12 @@ def test_audit_of_a_finished_run_folder_and_predict_cam(finished_run, ray_addres
     assert "## What the model looks at" in page and audit_record["verdict"] in page
     assert audit_record["verdict"] in (run / "model_card.md").read_text()
     assert (run / "lung_mask_examples.png").stat().st_size > 10_000
+    for control in ("outside_lungs", "lungs_only"):
+        low, high = audit_record[f"{control}_ci"]
+        assert 0 <= low <= audit_record[f"{control}_auroc"] <= high <= 1, control
+    shares = pd.read_csv(run / "cam_lung_share.csv")  # Grad-CAM's share on the lungs, one row per test image
+    assert len(shares) == report["evaluation"]["n_test"] and shares["lung_share"].dropna().between(0, 1).all()
+    assert (run / "cam_true_positives.png").is_file()
 
     image = next((tiny_data / "Tuberculosis").iterdir())
     done = _tool("predict.py", run / "best_model.pt", image, "--cam", tmp_path / "cams")

@@ -30,15 +30,17 @@ def _trial_id(result: Result) -> str:
 def _status(result: Result, history: pd.DataFrame) -> str:
     """completed, stopped_early (ASHA), error, or unfinished (pending or running when the search stopped).
 
-    From the public Result only: an error, else Tune marks the last result of every trial it ended,
-    completed or stopped by the scheduler, `done`; a trial without it had not ended.
+    From the public Result only: an error; else a trial that reported its last epoch is complete (it
+    ends by itself there, and Tune's `done` on that result is not kept across a resume); else Tune marks
+    the last result of every trial it ended early, stopped by the scheduler, `done`; a trial without it
+    had not ended.
     """
     if result.error is not None:
         return "error"
-    if not (result.metrics or {}).get("done"):
-        return "unfinished"
-    done = int(history["epoch"].max()) if len(history) else 0
-    return "completed" if done >= (result.config or {}).get("epochs", 0) else "stopped_early"
+    reached = int(history["epoch"].max()) if len(history) else 0
+    if reached >= (result.config or {}).get("epochs", 0) > 0:
+        return "completed"
+    return "stopped_early" if (result.metrics or {}).get("done") else "unfinished"
 
 
 def _error(result: Result) -> str | None:

@@ -123,6 +123,15 @@ class LabelledOptunaSearch(OptunaSearch):
                 self._set(trial_id, "tune_trial_id", trial_id)
         return config
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # A killed driver's trial had finished (its study says COMPLETE) but Tune had not saved it so: the
+            # resume restarts it from its last checkpoint, and it reports its last epoch once more. Ray's
+            # searcher ignores a second completion in the same way.
+            pass
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._labels["numbers"]:
             epochs = self._labels["configs"][trial_id].get("epochs", 0)
