@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tbray.data import demo, stream
+from tbray.data import dataset, demo, stream
 from tbray.model import export, modelfile
 from tbray.model import factory as tbmodel
 from tbray.predict import local
@@ -52,7 +52,7 @@ def prepare(root: Path, n_images: int, size: int, model_name: str, file_size: in
 def measure_one(model_path: Path, folder: Path, batch_size: int | None, workers: int) -> dict:
     """One timed prediction over the folder, in this process; what the parent prints."""
     scorer = Scorer(open_model(model_path))
-    files = stream.images_under([folder])
+    files = dataset.images_under([folder])
     batch_size = batch_size or local.BATCH_SIZE[scorer.device.type]
     warm = np.stack([stream.read(str(f), scorer.model.facts["image_size"])[0] for f in files[:batch_size]])
     scorer(warm)

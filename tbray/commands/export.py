@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from tbray.commands import exits
-from tbray.errors import UserError
+from tbray.errors import ParityError, UserError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,15 +29,15 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from tbray.model import export
 
     def body() -> int:
         from tbray import outputs
-        from tbray.data.preprocess import Input
-        from tbray.model import modelfile
 
+        outputs.output_file(args.out, "--out", [args.model])  # a slip in --out is refused before torch loads
         try:
-            outputs.output_file(args.out, "--out", [args.model])
+            from tbray.data.preprocess import Input
+            from tbray.model import export, modelfile
+
             saved = modelfile.load_model_file(args.model)
             images = export.images_for_check(args.check_images, Input.of_model(saved)) if args.check_images else None
             export.write(saved, args.out, images)
@@ -47,4 +47,4 @@ def main(argv: list[str] | None = None) -> int:
               f"checked against PyTorch within {export.PARITY_TOLERANCE:g})")
         return 0
 
-    return exits.run(body, failures=(export.ParityError,))
+    return exits.run(body, failures=(ParityError,))

@@ -339,3 +339,18 @@ def split_hash(split: pd.DataFrame) -> str:
     """One hash for (files, labels, splits): the key for caches and the resume check."""
     rows = split.sort_values("path")[["path", "label", "split", "sha256"]].astype(str)
     return hashlib.sha256("\n".join(rows.agg(",".join, axis=1)).encode()).hexdigest()[:16]
+
+
+def images_under(paths: list[Path]) -> list[Path]:
+    """The image files named, and those under the folders named, in a stable order."""
+    found = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            found.append(p)
+        else:
+            raise UserError(f"{p}: no such file or folder")
+    if not found:
+        raise UserError(f"{', '.join(map(str, paths))}: no PNG or JPEG image found")
+    return found

@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from tbray.data import dataset, preprocess
 from tbray.data.preprocess import Input
-from tbray.errors import UserError
 
 PREFETCH = 2  # batches each loader worker decodes ahead; with the one being scored, the memory bound
 DEFAULT_WORKERS = min(8, max(0, (os.cpu_count() or 1) - 1))  # decoding processes; a core stays with the model
@@ -73,18 +72,3 @@ def batches(paths: list[str], size: int | Input, batch_size: int, workers: int =
     """Batches in file order; decoding in `workers` processes (0: in this one)."""
     return DataLoader(PathDataset(paths, size), batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=collate, pin_memory=pin_memory, prefetch_factor=PREFETCH if workers else None)
-
-
-def images_under(paths: list[Path]) -> list[Path]:
-    """The image files named, and those under the folders named, in a stable order."""
-    found = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in dataset.IMAGE_SUFFIXES)
-        elif p.exists():
-            found.append(p)
-        else:
-            raise UserError(f"{p}: no such file or folder")
-    if not found:
-        raise UserError(f"{', '.join(map(str, paths))}: no PNG or JPEG image found")
-    return found

@@ -23,9 +23,9 @@ import torch
 
 import tbray
 from tbray import outputs
-from tbray.data import demo, preprocess, stream
+from tbray.data import dataset, demo, preprocess, stream
 from tbray.data.preprocess import Input
-from tbray.errors import UserError
+from tbray.errors import ParityError, UserError
 from tbray.model import augment, scoring
 from tbray.model import facts as model_facts
 
@@ -34,10 +34,6 @@ OPSET = 18  # the dynamo exporter's own default; ONNX Runtime 1.17+ runs it
 INPUT, OUTPUT = "image", "p_tb"
 CHECK_IMAGES = 8  # synthetic images checked when none are given (half of them with TB-like lesions)
 JSON_FIELDS = ("threshold_source", "calibration", "provenance")  # metadata stored as JSON; absent keys are left out
-
-
-class ParityError(Exception):
-    """ONNX Runtime and PyTorch disagree on a graph just exported; it is not written."""
 
 
 class ScoringGraph(torch.nn.Module):
@@ -109,7 +105,7 @@ def check_images(size: int, n: int = CHECK_IMAGES) -> np.ndarray:
 
 def images_for_check(paths: list[Path], size: int, most: int = 64) -> np.ndarray:
     """Up to `most` readable images from these files and folders, at the model's size."""
-    read = [stream.read(str(f), size)[0] for f in stream.images_under(paths)[:most]]  # size: an int or an Input
+    read = [stream.read(str(f), size)[0] for f in dataset.images_under(paths)[:most]]  # size: an int or an Input
     images = [image for image in read if image is not None]
     if not images:
         raise UserError(f"{', '.join(map(str, paths))}: no readable image for the parity check")

@@ -18,6 +18,7 @@ import ray
 import ray.data
 
 from tbray.data import stream
+from tbray.data.dataset import images_under
 from tbray.data.preprocess import Input
 from tbray.errors import UserError
 from tbray.predict import local
@@ -100,7 +101,7 @@ def dataset(model: Model, paths: list[str], threshold: float, batch_size: int, a
 
 def predict_cluster(cfg: local.PredictConfig, model: Model) -> local.Results:
     """Score every image of `cfg` on the Ray cluster at cfg.address; rows written on the driver as they arrive."""
-    files = [str(f) for f in stream.images_under(cfg.images)]
+    files = [str(f) for f in images_under(cfg.images)]
     threshold = model.facts["threshold"] if cfg.threshold is None else cfg.threshold
     results = local.Results(cfg.out)
     started = connect(cfg.address)

@@ -92,7 +92,7 @@ def run(model: Model, paths: list[Path], threshold: float | None = None, batch_s
     """All rows in one table (tests, small sets); refuses a set without one readable image."""
     threshold = model.facts["threshold"] if threshold is None else threshold
     tally = Tally()
-    batches = frames(Scorer(model), stream.images_under(paths), threshold, batch_size, workers)
+    batches = frames(Scorer(model), dataset.images_under(paths), threshold, batch_size, workers)
     table = pd.concat([tally.count(f) for f in batches], ignore_index=True)
     tally.check(paths)
     return table
@@ -176,7 +176,7 @@ def predict(cfg: PredictConfig, model: Model) -> Results:
     threshold = model.facts["threshold"] if cfg.threshold is None else cfg.threshold
     results = Results(cfg.out)
     try:
-        for frame in frames(Scorer(model), stream.images_under(cfg.images), threshold, cfg.batch_size, cfg.workers,
+        for frame in frames(Scorer(model), dataset.images_under(cfg.images), threshold, cfg.batch_size, cfg.workers,
                             cfg.progress):
             results.add(frame)
     except BaseException:
@@ -196,7 +196,7 @@ def write_cams(cfg: PredictConfig, model: Model) -> None:
     from tbray.model import saliency  # grad-cam and OpenCV load only when asked
 
     readable = []
-    for path in stream.images_under(cfg.images):
+    for path in dataset.images_under(cfg.images):
         try:
             dataset.load_gray(path)
             readable.append(path)
