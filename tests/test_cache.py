@@ -129,27 +129,3 @@ def test_data_resident_on_the_device_trains_as_the_loader_does(ray_address, tiny
     assert np.abs(resident["val_loss"].to_numpy() - loader["val_loss"].to_numpy()).max() < 1e-5
     assert np.abs(resident["train_loss"].to_numpy() - loader["train_loss"].to_numpy()).max() < 1e-5
     assert resident["data_path"].iloc[0] == "resident" and loader["data_path"].iloc[0] == "loader"
-
-
-def test_a_run_restored_with_no_epoch_left_says_its_last_epoch_again(ray_address, tiny_data, split, tmp_path):
-    """The moment a kill can land between a trial's last checkpoint and Tune's record of its end, made on
-    purpose: a finished Train run started again under its name resumes from its last epoch's checkpoint.
-    It must report that epoch (Tune stops a search on a trial that reports nothing) and end."""
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    images = cache.load(cache.build(tiny_data, split, [32], tmp_path)[32])
-    spec = TrialSpec(params=TrialParams(epochs=2, batch_size=16, image_size=32, lr=1e-3, weight_decay=1e-4),
-                     settings=TrainSettings(model="test_efficientnet"),
-                     data=ray.put({part: cache.subset(split, images, part) for part in ("train", "val")}),
-                     weights=None, started=time.time())
-    logs = []
-    for attempt in ("first", "again"):
-        logs.append(tmp_path / f"{attempt}.jsonl")
-        TorchTrainer(worker, train_loop_config={"spec": spec}, torch_config=TorchConfig(backend="gloo"),
-                     scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-                     run_config=ray.train.RunConfig(name="restored", callbacks=[Collect(logs[-1])],
-                                                    storage_path=str(tmp_path / "storage"))).fit()
-    first, again = (pd.read_json(log, lines=True) for log in logs)
-    assert list(first["epoch"]) == [1, 2]
-    assert list(again["epoch"]) == [2]  # nothing trained again; the last epoch said once more
-    assert again["val_loss"].iloc[0] == pytest.approx(first["val_loss"].iloc[-1])
-    assert again["best_val_loss"].iloc[0] == pytest.approx(first["best_val_loss"].iloc[-1])

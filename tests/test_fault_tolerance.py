@@ -104,6 +104,8 @@ def test_killed_driver_resumes_without_losing_finished_trials(run_cli, start_cli
     assert len(trials) == 2
     assert trials.loc[trial_id, "last_val_auroc"] == before["val_auroc"]  # its results kept as they were
     assert trials.loc[trial_id, "epochs_done"] == before["epoch"]
+    # The resume restarted the finished trial's Train run under its name, with no epoch left: it reported its
+    # last epoch again from the checkpoint (Tune ends a search on a trial that reports nothing) and ended.
     assert sha(checkpoint) == checkpoint_sha  # the finished trial was not retrained
     history = pd.read_csv(run / "history.csv", dtype={"trial_id": str})
     assert not history.duplicated(["trial_id", "epoch"]).any()
