@@ -80,3 +80,28 @@ def test_no_best_without_a_kept_checkpoint(tmp_path, case, rows):
 ])
 def test_a_recorded_checkpoint_path_follows_a_moved_run_folder(recorded, root, expected):
     assert trials.rebased(recorded, root) == expected
+
+
+def test_asha_never_stops_a_trial_at_its_last_epoch_but_still_stops_one_before_it():
+    """tbray's ASHA lets a trial that reports its last epoch end by itself (Tune's own stops it at max_t, and at a
+    rung on its last epoch, killing its Train run before the run withdraws its request for nodes); a trial that
+    ranks low at an earlier rung is stopped as ASHA would."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from tbray.search.run import LastEpochFinishes
+
+    def decisions(scheduler_class, epochs: int, results: list[tuple[int, int, float]]) -> list[str]:
+        scheduler = scheduler_class(time_attr="epoch", metric="best_val_loss", mode="min", max_t=epochs,
+                                    grace_period=1, reduction_factor=3)
+        trials = [Trial("t", config={"epochs": epochs}, stub=True) for _ in range(2)]
+        for trial in trials:
+            scheduler.on_trial_add(None, trial)
+        return [scheduler.on_trial_result(None, trials[i], {"epoch": epoch, "best_val_loss": loss})
+                for i, epoch, loss in results]
+
+    last = [(0, 1, 0.5), (0, 3, 0.4), (1, 1, 0.45), (1, 3, 0.9)]  # 3 epochs: rungs at 1 and 3, the last
+    assert decisions(ASHAScheduler, 3, last)[-1] == TrialScheduler.STOP
+    assert decisions(LastEpochFinishes, 3, last) == [TrialScheduler.CONTINUE] * 4
+    early = [(0, 1, 0.5), (1, 1, 0.9)]  # 9 epochs: the second trial ranks low at rung 1 and stops there
+    assert decisions(LastEpochFinishes, 9, early) == [TrialScheduler.CONTINUE, TrialScheduler.STOP]

@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from tbray.config import SearchConfig
 from tbray.data import cache, confound
@@ -34,6 +34,21 @@ from tbray.search.study import LabelledOptunaSearch, RunFolderStorage
 from tbray.train import trainable as trainables
 
 
+class LastEpochFinishes(ASHAScheduler):
+    """ASHA, except that a trial reporting its last epoch is never stopped: it ends by itself there.
+
+    Stopping it would save no training, and a trial Tune stops is killed with its Train run before the run
+    withdraws its request for nodes, which then keeps idle GPU nodes for Ray Train's 180 s (ASHA stops every
+    trial at max_t, and at a rung that falls on a trial's last epoch). Its result still counts at that rung.
+    """
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if result.get("epoch", 0) >= trial.config.get("epochs", float("inf")):  # time_attr="epoch", below
+            return TrialScheduler.CONTINUE
+        return decision
+
+
 def make_tuner(cfg: SearchConfig, trainable, tune_storage: str, max_concurrent: int) -> tune.Tuner:
     """Optuna's TPE proposes, ASHA stops weak trials at epoch rungs, the study lives in SQLite."""
     storage = RunFolderStorage(f"sqlite:///{runfolder.study_path(cfg)}")
@@ -43,10 +58,8 @@ def make_tuner(cfg: SearchConfig, trainable, tune_storage: str, max_concurrent: 
     name = studies.create(runfolder.study_path(cfg), cfg.name, metric, cfg.mode)
     searcher = LabelledOptunaSearch(metric=metric, mode=cfg.mode, storage=storage, study_name=name, seed=cfg.seed)
     max_t = max(cfg.space.epochs)
-    # A trial that reaches max_t ends by itself rather than being stopped by ASHA: a stopped trial's Train run
-    # is killed before it can withdraw its request for nodes, which then holds GPU nodes for Ray Train's 180 s.
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(cfg.grace_period, max_t),
-                              reduction_factor=cfg.reduction_factor, stop_last_trials=False)
+    scheduler = LastEpochFinishes(time_attr="epoch", max_t=max_t, grace_period=min(cfg.grace_period, max_t),
+                                  reduction_factor=cfg.reduction_factor)
     return tune.Tuner(
         trainable,
         param_space=cfg.space.param_space(),
