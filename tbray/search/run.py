@@ -18,6 +18,7 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.util.state.exception import RayStateApiException
 
 from tbray.config import SearchConfig
 from tbray.data import cache, confound
@@ -182,8 +183,13 @@ def fit(cfg: SearchConfig, plan: cluster.Plan, refs: dict, tune_path: str):
         tuner = make_tuner(cfg, trainable, storage, plan.max_concurrent)
     grid = tuner.fit()
     interrupt.after_tune()
-    if released := placement.release_leftover():
-        print(f"tbray: released {released} placement group(s) that finished trials still held")
+    try:
+        if released := placement.release_leftover():
+            print(f"tbray: released {released} placement group(s) that finished trials still held")
+    except RayStateApiException as exc:
+        # Ctrl-C in a terminal reaches the whole process group, a local Ray's dashboard included: the search
+        # still ends as an interrupted one, with its resume line, not a traceback.
+        print(f"tbray: WARNING placement groups not checked: Ray's state API did not answer ({type(exc).__name__})")
     return grid
 
 
