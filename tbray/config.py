@@ -49,6 +49,11 @@ SELECTIONS = {
     "worst-source": "the worst of the per-source validation figures, so no source carries the search",
     "leave-source-out": "each source left out of training in turn and scored on its validation images; the mean",
 }
+# How the operating threshold's sensitivity must reach the target (tbray.stats.threshold): the rule -> its words.
+THRESHOLD_RULES = {
+    "point": "reaches the target",
+    "lower-bound": "has a 95% lower bound that reaches the target",
+}
 
 
 def objective(metric: str, selection: str) -> str:
@@ -85,6 +90,7 @@ class SearchConfig:
     max_failures: int = 2  # Ray Train worker restarts per trial, from its latest checkpoint
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY  # epochs between routine checkpoints (TrainSettings)
     target_sensitivity: float = 0.90  # WHO triage target; picks the threshold on validation
+    threshold_rule: str = "point"  # tbray.stats.threshold.RULES: the point, or its 95% lower bound, reaches it
     external: dict = field(default_factory=dict)  # name -> folder of labelled X-rays from elsewhere, scored once
     min_image_size: int = 64  # smaller files can't be chest X-rays; skipped
     address: str | None = None  # Ray cluster to join; default starts a local Ray

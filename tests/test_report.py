@@ -175,6 +175,18 @@ def test_threshold_warning_reaches_the_page(demo_run):
     assert "> **WARNING:** the validation split has 5 TB images" in text
 
 
+def test_the_threshold_rule_and_its_validation_interval_reach_page_and_console(demo_run):
+    _, result = demo_run
+    selection = result["evaluation"]["threshold_selection"]
+    low, high = selection["sensitivity_ci"]
+    for rule, words in (("point", "reaches the target"), ("lower-bound", "has a 95% lower bound that reaches")):
+        ruled = {**result, "evaluation": {**result["evaluation"], "threshold_selection": {**selection, "rule": rule}}}
+        assert f"whose sensitivity {words}" in page.markdown(ruled)
+        line = next(row for row in page.summary_table(ruled).splitlines() if row.startswith("Threshold"))
+        assert f"validation sensitivity {selection['sensitivity']:.3f} [{low:.3f}, {high:.3f}]" in line, line
+        assert ("for its 95% lower bound" in line) == (rule == "lower-bound"), line
+
+
 @pytest.mark.parametrize("study", [None, "one trial", "constant params"])
 def test_importance_png_explains_instead_of_crashing(tmp_path, study):
     if study == "one trial":

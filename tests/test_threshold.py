@@ -97,6 +97,34 @@ def test_observed_sensitivity_at_target_can_never_promise_it():
     assert threshold.enough_tb_images(0.95, 0.90) > 35
 
 
+def test_the_lower_bound_rule_finds_enough_tb_for_its_interval_to_clear_the_target():
+    # 40 TB, 60 Normal. The lowest TB score sits among the Normals: finding all 40 costs 10 Normals.
+    # The point rule stops at 37 of 40 (0.925); its Wilson lower bound, 0.80, can't promise 0.90. The
+    # lower-bound rule needs 40 of 40 (bound 0.912; 39 of 40 bound at 0.87) and pays the specificity.
+    rng = np.random.default_rng(1)
+    tb = np.r_[rng.uniform(0.7, 0.99, 37), [0.45, 0.35, 0.25]]
+    normal = np.r_[rng.uniform(0.01, 0.2, 50), np.linspace(0.3, 0.5, 10)]
+    labels, scores = [1] * 40 + [0] * 60, np.r_[tb, normal]
+    point = threshold.selection(labels, scores, 0.90)
+    bound = threshold.selection(labels, scores, 0.90, rule="lower-bound")
+    assert point["sensitivity"] == pytest.approx(37 / 40) and point["sensitivity_ci"][0] < 0.90
+    assert point["warning"] is not None and point["rule"] == "point"
+    assert bound["sensitivity"] == 1.0 and bound["sensitivity_ci"][0] >= 0.90
+    assert bound["warning"] is None and bound["specificity"] < point["specificity"]
+    assert "lower bound" in bound["method"]
+    assert threshold.required_sensitivity(40, 0.90, "lower-bound") == 1.0
+    assert threshold.required_sensitivity(200, 0.90, "lower-bound") == pytest.approx(189 / 200)
+    assert metrics.wilson_ci(188, 200)[0] < 0.90 <= metrics.wilson_ci(189, 200)[0]
+
+
+def test_the_lower_bound_rule_on_too_few_tb_finds_them_all_and_warns():
+    labels, scores = [1] * 10 + [0] * 10, np.r_[np.linspace(0.5, 0.95, 10), np.linspace(0.05, 0.6, 10)]
+    bound = threshold.selection(labels, scores, 0.90, rule="lower-bound")
+    assert bound["sensitivity"] == 1.0 and "10 TB images" in bound["warning"]
+    with pytest.raises(metrics.MetricsError, match="threshold rule must be one of point, lower-bound"):
+        threshold.operating_threshold(labels, scores, 0.9, rule="bound")
+
+
 def test_bad_target_is_refused():
     with pytest.raises(metrics.MetricsError, match="target sensitivity"):
         threshold.operating_threshold([0, 1], [0.1, 0.9], 1.5)

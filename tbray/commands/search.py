@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from tbray.commands import exits
-from tbray.config import SELECTIONS, SearchConfig, SearchSpace
+from tbray.config import SELECTIONS, THRESHOLD_RULES, SearchConfig, SearchSpace
 from tbray.data import preprocess
 from tbray.errors import UserError
 from tbray.rayops import loopback, packing
@@ -165,6 +165,9 @@ OPTIONS = [
            "improves and at the last epoch", "search", {"type": _positive, "metavar": "K"}),
     Option("--target-sensitivity", ("target_sensitivity",), "the operating threshold is chosen on validation "
            "for this sensitivity (WHO triage target)", "search", {"type": float}),
+    Option("--threshold-rule", ("threshold_rule",), "point: validation sensitivity reaches the target; "
+           "lower-bound: its 95%% lower bound does (needs about 35+ validation TB images, costs specificity)",
+           "search", {"choices": list(THRESHOLD_RULES)}),
     Option("--seed", ("seed",), "the split, Optuna's sampler and training", "search", {"type": int}),
     Option("--shortcut-audit", ("shortcut_audit",), "then retrain the best configuration without the lungs and "
            "on the lungs only (docs/method.md)", "search", {"action": "store_true"}),

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from tbray import CLASS_NAMES
+from tbray.config import THRESHOLD_RULES
 from tbray.data.duplicates import NEAR_DUPLICATE_MAX_DISTANCE
 from tbray.report import audit_section, confound_section, external_section, transfer_section
 
@@ -96,6 +97,15 @@ def _records_table(records: list[dict]) -> str:
     return markdown_table(header, [["" if r.get(k) is None else r[k] for k in header] for r in records])
 
 
+def _threshold_line(ev: dict) -> str:
+    """The threshold and what it gave on validation, where it was chosen: the interval against the target."""
+    sel = ev["threshold_selection"]
+    low, high = sel["sensitivity_ci"]
+    whose = " for its 95% lower bound" if sel.get("rule") == "lower-bound" else ""
+    return (f"{ev['threshold']:.4f} (validation sensitivity {_fmt(sel['sensitivity'])} [{_fmt(low)}, {_fmt(high)}]; "
+            f"target {sel['target_sensitivity']:.2f}{whose})")
+
+
 def _best_metric(best: dict) -> tuple[str, object]:
     """Return (name, value) of the validation metric that picked the best trial (tbray.runs.trials.best)."""
     return str(best["metric"]), best["value"]
@@ -137,8 +147,8 @@ def _threshold_section(ev: dict) -> list[str]:
     lines = [
         "## Operating threshold", "",
         f"An image is called Tuberculosis when P(TB) >= **{ev['threshold']:.4f}**. Rule: among the thresholds "
-        f"that reach sensitivity {sel['target_sensitivity']:.2f} on the **validation** split ({sel['n']} images, "
-        f"{sel['n_tb']} TB), the one with the best specificity (ties: the higher sensitivity), placed in the "
+        f"whose sensitivity {THRESHOLD_RULES[sel.get('rule', 'point')]} ({sel['target_sensitivity']:.2f}) on the "
+        f"**validation** split ({sel['n']} images, {sel['n_tb']} TB), the one with the best specificity (ties: the higher sensitivity), placed in the "
         f"middle of the score gap on the logit scale. On validation it gives sensitivity {sens} and specificity "
         f"{spec} (Wilson 95% intervals). The test split played no part in choosing it.", "",
         f"For comparison, the Youden threshold (maximum sensitivity + specificity - 1) on validation is "
@@ -334,8 +344,7 @@ def summary_table(report: dict) -> str:
                          f"{picked['chosen_epoch']}, sources left out in turn); then trained on every source")]
           if (picked := (report.get("sources") or {}).get("chosen")) else []),
         ("Test AUROC [95% CI]", _fmt_estimate(ev["auroc"])),
-        ("Threshold", f"{ev['threshold']:.4f} (validation, target sensitivity "
-                      f"{ev['threshold_selection']['target_sensitivity']:.2f})"),
+        ("Threshold", _threshold_line(ev)),
         ("Sensitivity [95% CI]", _fmt_estimate(chosen["sensitivity"])),
         ("Specificity [95% CI]", _fmt_estimate(chosen["specificity"])),
         ("Accuracy [95% CI]", _fmt_estimate(chosen["accuracy"])),

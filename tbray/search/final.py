@@ -42,7 +42,8 @@ def run(cfg: SearchConfig, prepared: runfolder.Prepared, arrays: dict, best: dic
         scores = scoring.score_parts(state, parts)
     try:
         evaluation = assess.test(parts["val"]["labels"], scores["val"], parts["test"]["labels"], scores["test"],
-                                 target_sensitivity=cfg.target_sensitivity, seed=cfg.seed)
+                                 target_sensitivity=cfg.target_sensitivity, seed=cfg.seed,
+                                 rule=cfg.threshold_rule)
     except metrics.MetricsError as exc:
         raise UserError(str(exc))
     if warning := evaluation["threshold_selection"]["warning"]:

@@ -35,9 +35,9 @@ def meets_who(point: dict) -> bool:
 
 
 def test(val_labels, val_scores, test_labels, test_scores, target_sensitivity: float = 0.90, seed: int = 0,
-         n_resamples: int = N_RESAMPLES) -> dict:
-    """The full test evaluation; the threshold comes from validation only."""
-    selection = thresholds.selection(val_labels, val_scores, target_sensitivity, "validation")
+         n_resamples: int = N_RESAMPLES, rule: str = "point") -> dict:
+    """The full test evaluation; the threshold comes from validation only (`rule`: thresholds.RULES)."""
+    selection = thresholds.selection(val_labels, val_scores, target_sensitivity, "validation", rule=rule)
     yt, st = metrics.checked_binary(test_labels, test_scores, "test")
     threshold = selection["threshold"]
     boot = {"n_resamples": n_resamples, "seed": seed}

@@ -13,28 +13,54 @@ and 0.2 is split at 0.016, not at 0.1, which sits where the model is already sur
 
 Small validation sets can't promise a target: with 20 TB images, 20 of 20 found still leaves the
 95% lower bound at 0.84. `selection` reports the interval and how many TB images would promise it.
+Rule "lower-bound" asks step 1 for more: the 95% Wilson lower bound of the point's sensitivity, not the
+point itself, must reach the target (with 40 TB images: all 40 found, since 39 of 40 bound at 0.87).
+It trades specificity for a promise the validation split can back; where no count of found TB images
+would reach it, the most sensitive point is the closest it gets, and the warning says so.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.special import expit, logit
 
+from tbray.config import THRESHOLD_RULES
 from tbray.stats import metrics
 
 LOGIT_CLIP = 1e-7  # scores of exactly 0 or 1 have infinite logits; the clip keeps the gap's middle finite
 MAX_TB_SEARCHED = 100_000  # enough_tb_images gives up above this many TB images
+RULES = THRESHOLD_RULES  # --threshold-rule: what step 1 asks of an operating point's sensitivity
 
 
-def operating_threshold(labels, scores, target: float = 0.90, split_name: str = "validation") -> float:
+def required_sensitivity(n_tb: int, target: float, rule: str = "point", level: float = 0.95) -> float:
+    """The sensitivity an operating point must reach under `rule`, on a split with `n_tb` TB images.
+
+    "point": the target. "lower-bound": the smallest found/n_tb whose Wilson lower bound reaches the
+    target, or 1.0 (every TB image found) when none does.
+    """
+    if rule not in RULES:
+        raise metrics.MetricsError(f"threshold rule must be one of {', '.join(RULES)}, got {rule!r}")
+    if rule == "point":
+        return target
+    for found in range(max(math.floor(target * n_tb), 1), n_tb + 1):  # below target * n_tb the bound is too
+        if metrics.wilson_ci(found, n_tb, level)[0] >= target:
+            return found / n_tb
+    return 1.0
+
+
+def operating_threshold(labels, scores, target: float = 0.90, split_name: str = "validation",
+                        rule: str = "point") -> float:
     """The threshold of the rule in the module docstring; an image is TB when P(TB) >= threshold."""
     if not 0 < target <= 1:
         raise metrics.MetricsError(f"target sensitivity must be in (0, 1], got {target}")
     y, s = metrics.checked_binary(labels, scores, split_name)
+    required = required_sensitivity(int(y.sum()), target, rule)
     fpr, tpr, thresholds = metrics.roc_points(y, s)
     # Index 0 is sklearn's "predict nothing" point (threshold +inf); every later index is a distinct score,
     # in decreasing order, and point i predicts TB for scores >= thresholds[i].
-    meets = np.flatnonzero(tpr[1:] >= target - 1e-12) + 1  # tolerance: 9/10 is 0.8999999999999999 in floats
+    meets = np.flatnonzero(tpr[1:] >= required - 1e-12) + 1  # tolerance: 9/10 is 0.8999999999999999 in floats
     best_fpr = fpr[meets].min()
     chosen = meets[fpr[meets] == best_fpr].max()  # sensitivity only grows with i, so the last is the best
     upper = thresholds[chosen]
@@ -68,17 +94,19 @@ def enough_tb_images(sensitivity: float, target: float, level: float = 0.95) -> 
     return lo
 
 
-def selection(labels, scores, target: float, split_name: str = "validation", level: float = 0.95) -> dict:
+def selection(labels, scores, target: float, split_name: str = "validation", level: float = 0.95,
+              rule: str = "point") -> dict:
     """The chosen threshold and what it gives on the data it was chosen on, with intervals and a warning."""
     y, s = metrics.checked_binary(labels, scores, split_name)
-    threshold = operating_threshold(y, s, target, split_name)
+    threshold = operating_threshold(y, s, target, split_name, rule)
     tn, fp, fn, tp = metrics.counts(y, s, threshold)
     sens_ci, spec_ci = metrics.wilson_ci(tp, tp + fn, level), metrics.wilson_ci(tn, tn + fp, level)
     result = {
         "threshold": threshold,
         "split": split_name,
-        "method": (f"best specificity among thresholds with {split_name} sensitivity >= {target:g} "
-                   "(ties: higher sensitivity), placed mid-gap on the logit scale"),
+        "method": (f"best specificity among thresholds whose {split_name} sensitivity {RULES[rule]} "
+                   f"({target:g}; ties: higher sensitivity), placed mid-gap on the logit scale"),
+        "rule": rule,
         "target_sensitivity": float(target),
         "sensitivity": tp / (tp + fn), "sensitivity_ci": list(sens_ci),
         "specificity": tn / (tn + fp), "specificity_ci": list(spec_ci),
