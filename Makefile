@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # A small real search on the synthetic demo set: tf_efficientnet_lite0 with its bundled ImageNet
-# weights, small images, 4 trials, CPU only; about 4 minutes on 2 cores.
+# weights, small images, 4 trials, CPU only; 4-6 minutes on 2 cores. The threshold is chosen so that the
+# 95% lower bound of validation sensitivity clears 0.90, which the demo's 60 validation TB images allow.
 demo: $(STAMP)
 	$(PY) tune/search.py --demo --name $(DEMO_NAME) --epochs 4,6 --batch-sizes 16,32 --image-sizes 96,128 \
-		--lr-range 1e-4 6e-4 --num-samples 4 --grace-period 2 --gpus-per-trial 0
+		--lr-range 1e-4 6e-4 --num-samples 4 --grace-period 2 --gpus-per-trial 0 --threshold-rule lower-bound
 
 # Everything: the tiers below, the searches, the fault-tolerance runs and the real X-rays (what CI runs).
 test: $(STAMP)
