@@ -187,3 +187,13 @@ def tiny_model_file(tmp_path_factory) -> Path:
     torch.save({"model": net.state_dict(), "model_name": "test_efficientnet", "image_size": 32, "mean": 0.5,
                 "std": 0.5, "threshold": 0.4375, "threshold_source": source, "calibration": calibration}, path)
     return path
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium (tests/chromium.py); skips, saying what is missing, where it is not installed."""
+    import chromium
+
+    driver = chromium.start()
+    yield driver
+    driver.quit()

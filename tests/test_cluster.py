@@ -20,7 +20,7 @@ def _get(url: str, token: str | None):
 
 def test_the_dashboards_api_refuses_a_request_without_the_token(dashboard_url):
     """Token auth stays on. What the dashboard shows of a running search, with the token, is checked in
-    tests/test_dashboard_browser.py (its API and its pages, on one search)."""
+    tests/test_concurrent.py (its API and its pages, on a laptop search)."""
     assert dashboard_url.startswith("http://127.0.0.1")
     with pytest.raises(urllib.error.HTTPError) as refused:
         _get(f"{dashboard_url}/api/v0/actors", None)

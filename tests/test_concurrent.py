@@ -4,7 +4,10 @@ That Ray keeps to itself: every socket it listens on is a loopback address, and 
 to the token. (The one socket beyond loopback is torch's, not Ray's: the rendezvous store of a trial's
 process group.) Two such searches run at once, each asking Ray's state API about its own cluster only; a
 third that wants a run folder in use is refused in one line; Ctrl-C stops one with its resume command.
-Kept light for small machines: one trial each, one CPU each.
+While one holds its trial, its dashboard is watched as a person would: in headless Chromium, token typed
+in, the search in the Jobs view and its Ray Train run's actors in the Actors view (filtered by class).
+Kept light for small machines: one trial each, one CPU each. Screenshots land in the test's tmp folder
+(and beside $TBRAY_DASHBOARD_SCREENSHOT when set, for a person to look at).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 import psutil
+from chromium import body, get_json, page_text, sign_in
 from conftest import REPO, TINY, wait_for
 
 from tbray.rayops import reaper
@@ -69,8 +74,39 @@ def status(url: str, token: str | None = None) -> int:
         return exc.code
 
 
+def watch_in_the_dashboard(browser, url: str, token: str, name: str, shots: Path) -> None:
+    """The dashboard of a running search: its Train run through the HTTP API, then the search and the run's
+    actors as a person finds them in the browser."""
+    from selenium.webdriver.common.by import By
+
+    # Asked for live actors only: a plain listing stops at its limit on a Ray that has ended many.
+    query = "limit=1000&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
+    actors = get_json(f"{url}/api/v0/actors?{query}", token)["data"]["result"]["result"]
+    assert {a["state"] for a in actors} == {"ALIVE"}, actors
+    assert {"ImplicitFunc", "RayTrainWorker"} <= {a["class_name"] for a in actors}, actors
+    runs = get_json(f"{url}/api/train/v2/runs/v1", token)["train_runs"]  # the dashboard's Train tab
+    assert any(run["name"].startswith("train-") for run in runs), runs
+    sign_in(browser, url)
+    jobs = page_text(browser, f"{url}/#/jobs", "tune/search.py")  # the driver's command line
+    assert f"--name {name}" in jobs and "RUNNING" in jobs
+    browser.save_screenshot(str(shots / "dashboard_jobs.png"))
+    # Ray 2.60's open-source dashboard has no Train page: a Train run shows as its controller and worker actors,
+    # found by filtering the Actors view by class.
+    page_text(browser, f"{url}/#/actors", "ALIVE")
+    browser.find_element(By.XPATH, "//label[normalize-space()='Class']/following-sibling::div//input").send_keys("Train")
+    found = wait_for(lambda: t if "RayTrainWorker" in (t := body(browser)) and "TrainController" in t else None, 60,
+                     "the Train run's actors")
+    assert "ALIVE" in found
+    browser.save_screenshot(str(shots / "dashboard_actors.png"))
+    assert (shots / "dashboard_actors.png").stat().st_size > 10_000
+    if os.environ.get("TBRAY_DASHBOARD_SCREENSHOT"):
+        out = Path(os.environ["TBRAY_DASHBOARD_SCREENSHOT"])
+        shutil.copy(shots / "dashboard_actors.png", out)
+        shutil.copy(shots / "dashboard_jobs.png", out.with_name(f"{out.stem}_jobs.png"))
+
+
 def test_two_local_searches_keep_to_loopback_both_run_and_a_busy_run_folder_is_refused(run_cli, tiny_data, tmp_path,
-                                                                                       monkeypatch):
+                                                                                       monkeypatch, browser):
     # As in a fresh shell: token authentication must be on because tbray asks for it, not by Ray's
     # default (which prints a warning); a Ray started earlier in this test session sets the variable.
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
@@ -96,6 +132,7 @@ def test_two_local_searches_keep_to_loopback_both_run_and_a_busy_run_folder_is_r
         beyond = [s for s in sockets if not is_loopback(s[0])]
         assert len(beyond) <= 1 and all(name == "ray::RayTrainWorker" for _, _, name in beyond), sockets
         assert any(name == "ray::RayTrainWorker" and is_loopback(ip) for ip, _, name in sockets), sockets
+        watch_in_the_dashboard(browser, url, token, "first", tmp_path)
 
         busy = run_cli("--resume", "--name", "first", "--results", tmp_path, timeout=300)
         assert busy.returncode == 2, busy.stderr[-3000:]

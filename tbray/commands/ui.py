@@ -4,18 +4,22 @@
 
 Each runs as its own process, bound to 127.0.0.1 only: none of them has a login, so none may face a
 network (on a cluster head, reach them through `ssh -L`). Their addresses are printed once all three
-answer; Ctrl-C (or SIGTERM) stops all three. A port in use is replaced by a free one.
+answer; Ctrl-C (or SIGTERM) stops all three. A port in use is replaced by a free one. MLflow's
+address opens the run's experiment in its "Machine learning" view: MLflow 3's UI starts in its GenAI
+view whatever the experiment's tags say, unless the address asks (`workflowType`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +83,17 @@ def answers(url: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def mlflow_page(url: str, run: Path) -> str:
+    """The run's experiment in MLflow's classic-ML view, asked of the server's REST API; `url` if it has none."""
+    query = urllib.parse.urlencode({"experiment_name": run.name})
+    try:
+        with urllib.request.urlopen(f"{url}api/2.0/mlflow/experiments/get-by-name?{query}", timeout=10) as answer:
+            experiment_id = json.load(answer)["experiment"]["experiment_id"]
+    except (OSError, ValueError, KeyError):  # a search that logged under another name: the home page will do
+        return f"{url}#/experiments?workflowType=machine_learning"
+    return f"{url}#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def start(run: Path) -> list[Running]:
@@ -148,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         started = start(run)
         try:
             for running in started:
-                print(f"tbray: {running.viewer.name:<17} {running.url}", flush=True)
+                page = mlflow_page(running.url, run) if running.viewer.name == "MLflow" else running.url
+                print(f"tbray: {running.viewer.name:<17} {page}", flush=True)
             print("tbray: Ctrl-C stops them", flush=True)
             while all(running.proc.poll() is None for running in started):
                 time.sleep(1)
