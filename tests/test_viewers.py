@@ -57,8 +57,11 @@ def test_the_viewers_open_from_the_install_and_show_the_runs_trials(finished_run
         wait_for(lambda: "Model registry" in body(browser), 90, "MLflow's classic-ML view at the printed address")
         assert "Judges" not in body(browser)
         mlflow_home = urls["MLflow"].split("#")[0]
-        # A trial's own run page: the experiment's table folds the trial runs under the search's parent run.
-        pages = {"MLflow": f"{mlflow_home}#/experiments/{experiment.experiment_id}/runs/{trial_run.info.run_id}",
+        # A trial's own run page (the experiment's table folds the trial runs under the search's parent run),
+        # in the same view: MLflow's own links carry workflowType along; without it, the page is an
+        # "Evaluation run" of the GenAI view.
+        pages = {"MLflow": f"{mlflow_home}#/experiments/{experiment.experiment_id}/runs/{trial_run.info.run_id}"
+                           "?workflowType=machine_learning",
                  "optuna-dashboard": f"{urls['optuna-dashboard']}dashboard/studies/1/trials",
                  "TensorBoard": f"{urls['TensorBoard']}#timeseries"}
         for name, page in pages.items():
@@ -66,6 +69,7 @@ def test_the_viewers_open_from_the_install_and_show_the_runs_trials(finished_run
             shot = tmp_path / f"viewer_{name}.png"
             try:
                 wait_for(lambda: [t for t in trial_ids if t in body(browser)], 90, f"a trial id in {name} at {page}")
+                assert name != "MLflow" or "Evaluation runs" not in body(browser)
             finally:  # what the page showed, found or not, for a person to look at
                 browser.save_screenshot(str(shot))
                 if os.environ.get("TBRAY_VIEWER_SCREENSHOTS"):
