@@ -148,9 +148,9 @@ def _threshold_section(ev: dict) -> list[str]:
         "## Operating threshold", "",
         f"An image is called Tuberculosis when P(TB) >= **{ev['threshold']:.4f}**. Rule: among the thresholds "
         f"whose sensitivity {THRESHOLD_RULES[sel.get('rule', 'point')]} ({sel['target_sensitivity']:.2f}) on the "
-        f"**validation** split ({sel['n']} images, {sel['n_tb']} TB), the one with the best specificity (ties: the higher sensitivity), placed in the "
-        f"middle of the score gap on the logit scale. On validation it gives sensitivity {sens} and specificity "
-        f"{spec} (Wilson 95% intervals). The test split played no part in choosing it.", "",
+        f"**validation** split ({sel['n']} images, {sel['n_tb']} TB), the one with the best specificity (ties: the "
+        f"higher sensitivity), placed in the middle of the score gap on the logit scale. On validation it gives "
+        f"sensitivity {sens} and specificity {spec} (Wilson 95% intervals). The test split played no part in choosing it.", "",
         f"For comparison, the Youden threshold (maximum sensitivity + specificity - 1) on validation is "
         f"{sel['youden_threshold']:.4f}; it is not used.", "",
     ]

@@ -36,7 +36,8 @@ _starting: dict[str, Future] = {}  # the run folder's new SQLite store, being ma
 TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid", "time_since_restore",
              "iterations_since_restore", "done", "epoch"}  # Tune's own numbers in a result, not the trial's
 SKIPPED = TUNE_KEYS | NOT_METRICS  # what a live result holds that is not a trial's measurement
-KIND = {"mlflow.experimentKind": "custom_model_development"}  # classic ML (MLflow 3.17's UI also needs ?workflowType: tune/ui.py)
+# Classic ML, not GenAI; MLflow 3.17's UI reads its view from the address too (?workflowType: tune/ui.py).
+KIND = {"mlflow.experimentKind": "custom_model_development"}
 ARTIFACTS = ["report.md", "report.json", "model_card.md", "trials.csv", "history.csv", "classification_report.txt"]
 
 
@@ -175,8 +176,9 @@ def record(cfg: SearchConfig, table: pd.DataFrame, history: pd.DataFrame, result
             if isinstance(row.get("error"), str):
                 client.set_tag(run_id, "error", row["error"][:5000])
             client.set_terminated(run_id, "FAILED" if row["status"] == "error" else "FINISHED")
-        settings = {"model": cfg.model, "metric": cfg.objective, "selection": cfg.selection, "mode": cfg.mode, "num_samples": cfg.num_samples,
-                    "target_sensitivity": cfg.target_sensitivity, "threshold_rule": cfg.threshold_rule, "seed": cfg.seed}
+        settings = {"model": cfg.model, "metric": cfg.objective, "selection": cfg.selection, "mode": cfg.mode,
+                    "num_samples": cfg.num_samples, "target_sensitivity": cfg.target_sensitivity,
+                    "threshold_rule": cfg.threshold_rule, "seed": cfg.seed}
         if result is None:
             _log(client, parent_id, settings, [])
             client.set_terminated(parent_id, "FAILED")

@@ -51,12 +51,12 @@ def required_sensitivity(n_tb: int, target: float, rule: str = "point", level: f
 
 
 def operating_threshold(labels, scores, target: float = 0.90, split_name: str = "validation",
-                        rule: str = "point") -> float:
+                        rule: str = "point", level: float = 0.95) -> float:
     """The threshold of the rule in the module docstring; an image is TB when P(TB) >= threshold."""
     if not 0 < target <= 1:
         raise metrics.MetricsError(f"target sensitivity must be in (0, 1], got {target}")
     y, s = metrics.checked_binary(labels, scores, split_name)
-    required = required_sensitivity(int(y.sum()), target, rule)
+    required = required_sensitivity(int(y.sum()), target, rule, level)
     fpr, tpr, thresholds = metrics.roc_points(y, s)
     # Index 0 is sklearn's "predict nothing" point (threshold +inf); every later index is a distinct score,
     # in decreasing order, and point i predicts TB for scores >= thresholds[i].
@@ -98,7 +98,7 @@ def selection(labels, scores, target: float, split_name: str = "validation", lev
               rule: str = "point") -> dict:
     """The chosen threshold and what it gives on the data it was chosen on, with intervals and a warning."""
     y, s = metrics.checked_binary(labels, scores, split_name)
-    threshold = operating_threshold(y, s, target, split_name, rule)
+    threshold = operating_threshold(y, s, target, split_name, rule, level)
     tn, fp, fn, tp = metrics.counts(y, s, threshold)
     sens_ci, spec_ci = metrics.wilson_ci(tp, tp + fn, level), metrics.wilson_ci(tn, tn + fp, level)
     result = {
