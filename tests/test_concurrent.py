@@ -3,7 +3,7 @@
 That Ray keeps to itself: every socket it listens on is a loopback address, and its dashboard answers only
 to the token. (The one socket beyond loopback is torch's, not Ray's: the rendezvous store of a trial's
 process group.) Two such searches run at once, each asking Ray's state API about its own cluster only; a
-third that wants a run folder in use is refused in one line; Ctrl-C stops one with its resume command.
+third that wants a run folder in use is refused in one line; `kill -9` of one takes its Ray along.
 While one holds its trial, its dashboard is watched as a person would: in headless Chromium, token typed
 in, the search in the Jobs view and its Ray Train run's actors in the Actors view (filtered by class).
 Kept light for small machines: one trial each, one CPU each. Screenshots land in the test's tmp folder
@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,6 +28,7 @@ import pandas as pd
 import psutil
 from chromium import body, get_json, page_text, sign_in
 from conftest import REPO, TINY, wait_for
+from test_reaper import alive
 
 from tbray.rayops import reaper
 
@@ -105,8 +107,8 @@ def watch_in_the_dashboard(browser, url: str, token: str, name: str, shots: Path
         shutil.copy(shots / "dashboard_jobs.png", out.with_name(f"{out.stem}_jobs.png"))
 
 
-def test_two_local_searches_keep_to_loopback_both_run_and_a_busy_run_folder_is_refused(run_cli, tiny_data, tmp_path,
-                                                                                       monkeypatch, browser):
+def test_two_local_searches_keep_to_loopback_both_run_a_busy_folder_is_refused_and_kill_9_takes_ray_along(
+        run_cli, tiny_data, tmp_path, monkeypatch, browser):
     # As in a fresh shell: token authentication must be on because tbray asks for it, not by Ray's
     # default (which prints a warning); a Ray started earlier in this test session sets the variable.
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
@@ -145,10 +147,17 @@ def test_two_local_searches_keep_to_loopback_both_run_and_a_busy_run_folder_is_r
         assert (tmp_path / "second" / "report.json").is_file()
         assert pd.read_csv(tmp_path / "second" / "trials.csv", dtype={"trial_id": str})["status"].tolist() == ["completed"]
 
-        first.send_signal(signal.SIGINT)  # Ctrl-C in training
-        output = "".join(seen) + first.communicate(timeout=180)[0]
-        assert first.returncode == 130, output[-3000:]
-        assert "--resume --name first" in output  # the resume command, printed
+        # kill -9 of the first, held mid-trial: the Ray it started goes with it. (Ray's agents alone wait 60 s
+        # on a dead GCS; with tbray's reaper everything is gone within seconds.)
+        ray_processes = reaper.descendants(first.pid)
+        names = " ".join(alive(ray_processes).values())  # command lines
+        assert "raylet" in names and "gcs_server" in names and "DashboardAgent" in names, names
+        first.send_signal(signal.SIGKILL)
+        output = "".join(seen) + first.communicate(timeout=30)[0]
+        deadline = time.time() + 20
+        while alive(ray_processes) and time.time() < deadline:
+            time.sleep(0.5)
+        assert alive(ray_processes) == {}, list(alive(ray_processes).values())
         assert "Token authentication is" not in output
     finally:
         for proc in (first, second):

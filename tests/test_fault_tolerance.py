@@ -1,5 +1,5 @@
-"""Nothing lost: a killed driver resumes, a killed worker restarts from its checkpoint, a failing trial
-is recorded while the others finish. All through the real command line on the session's local Ray."""
+"""Nothing lost: a search killed, interrupted or stopped resumes, a killed worker restarts from its
+checkpoint, a failing trial is recorded while the others finish. All through the real command line on the session's local Ray."""
 
 from __future__ import annotations
 
@@ -66,25 +66,38 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_killed_driver_resumes_without_losing_finished_trials(run_cli, start_cli, ray_address, tiny_data, tmp_path):
-    args = ["--data", tiny_data, "--results", tmp_path, "--name", "killed", "--address", ray_address, *TINY]
-    # The worst moment, on purpose: Optuna has recorded a trial's end, Tune's saved state still has it running
-    # (Tune saves its state only at start-up under this period; by default every 10 s or more). The resume
-    # used to restart it, get no result, and stop on a traceback with the study's trial RUNNING for good.
-    proc = start_cli(*args, "--num-samples", "2", "--max-concurrent", "1", env={"TUNE_GLOBAL_CHECKPOINT_S": "3600"})
-    wait_for(lambda: "COMPLETE" in optuna_states(tmp_path / "killed"), 300,
-             "a trial Optuna has recorded as COMPLETE", proc)
+def test_a_search_killed_interrupted_and_stopped_resumes_each_time_without_losing_finished_trials(
+        run_cli, start_cli, ray_address, tiny_data, tmp_path):
+    """One search of two trials, one at a time, stopped each way a search is stopped and resumed each time:
+    `kill -9` of the driver at the worst moment; Ctrl-C while the second trial trains (130); SIGTERM, as a
+    batch scheduler sends it, in the final evaluation of the printed resume, run from another folder (143);
+    then the folder is renamed and resumes under its new name to the end. The finished trial is never
+    retrained and nothing is counted twice. (One search for the three, as they share every step but the signal.)"""
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir()
+    elsewhere.mkdir()
+    # Paths as typed relative to where the search starts; the printed resume runs from another folder.
+    args = ["--data", os.path.relpath(tiny_data, start), "--results", "results", "--name", "killed",
+            "--address", ray_address, *TINY, "--epochs", "20", "--num-samples", "2", "--max-concurrent", "1"]
+    run = start / "results" / "killed"
+    # 1. The worst moment, on purpose: Optuna has recorded a trial's end, Tune's saved state still has it
+    # running (Tune saves its state only at start-up under this period; by default every 10 s or more). The
+    # resume used to restart it, get no result, and stop on a traceback with the study's trial RUNNING for good.
+    proc = start_cli(*args, cwd=start, env={"TUNE_GLOBAL_CHECKPOINT_S": "3600"})
+    wait_for(lambda: "COMPLETE" in optuna_states(run), 300, "a trial Optuna has recorded as COMPLETE", proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and anything it started, mid-search
     proc.wait()
-    (trial_id, (before, checkpoint)), = final_checkpoints(tmp_path / "killed").items()
-    assert tune_saved_status(tmp_path / "killed").get(trial_id) != "TERMINATED"  # the moment was the worst one
-    checkpoint_sha = sha(checkpoint)
+    (trial_id, (before, checkpoint)), = final_checkpoints(run).items()
+    assert tune_saved_status(run).get(trial_id) != "TERMINATED"  # the moment was the worst one
+    checkpoint, checkpoint_sha = checkpoint.relative_to(run), sha(checkpoint)
+    saved = json.loads((run / "search.json").read_text())
+    assert [Path(p) for p in saved["data"].values()] == [Path(os.path.abspath(tiny_data))]  # one source, by folder
+    assert Path(saved["results"]) == start / "results"
 
     # Without the Optuna study its searcher was using, the resume is refused, and leaves the folder as it was.
-    run = tmp_path / "killed"
     backup = tmp_path / "optuna.db.backup"
     shutil.move(run / "optuna.db", backup)
-    resume = ["--resume", "--name", "killed", "--results", tmp_path, "--address", ray_address]
+    resume = ["--resume", "--name", "killed", "--results", start / "results", "--address", ray_address]
     missing = error_line(run_cli(*resume))
     assert "optuna.db is missing" in missing and "--name" in missing, missing
     assert not (run / "optuna.db").exists()  # no empty study left behind for the next try to trip on
@@ -94,33 +107,63 @@ def test_killed_driver_resumes_without_losing_finished_trials(run_cli, start_cli
     assert "can't be read" in corrupt, corrupt
     assert (run / "optuna.db").read_bytes() == garbage  # the user's file untouched
 
-    # Put back from the backup, as the refusal says; repeating the original options with --resume works too.
+    # 2. Put back from the backup, as the refusal says; repeating the original options with --resume works
+    # too. Ctrl-C once the trial killed mid-run has checkpointed again under its new Train run.
     shutil.move(backup, run / "optuna.db")
-    resumed = run_cli(*args, "--num-samples", "2", "--max-concurrent", "1", "--resume")
+    checkpoints = set(run.glob("train/*/checkpoint_*"))  # the finished trial may write its last one again
+    proc = start_cli(*args, "--resume", cwd=start)
+    wait_for(lambda: [c for c in set(run.glob("train/*/checkpoint_*")) - checkpoints
+                      if c.parent.name != f"train-{trial_id}"], 300, "an epoch of the trial killed mid-run", proc)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C in training
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, output[-3000:]
+    assert "resuming with" not in output  # nothing differed, so nothing to say
+    assert "Aborted" not in output and (run / "trials.csv").is_file(), output[-3000:]
+    command = shlex.split(output.split("continue with: ")[-1].splitlines()[0])
+    assert command[0] == "python" and Path(command[1]).is_absolute(), command
+
+    # 3. The printed resume, from another folder, stopped in the final evaluation: trials.csv is rewritten just
+    # before it begins. (Tune used to leave its own SIGINT handler behind, which SIGTERM is handed to, and
+    # the signal was ignored there: the search went on and exited 0, 24 s later.)
+    written = (run / "trials.csv").stat().st_mtime_ns
+    proc = subprocess.Popen([sys.executable, *command[1:]], cwd=elsewhere, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    wait_for(lambda: (run / "trials.csv").stat().st_mtime_ns != written, 300, "the final evaluation", proc)
+    proc.send_signal(signal.SIGTERM)  # what kill, a batch scheduler or systemd sends to the driver
+    output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 143, output[-3000:]
+    assert "SIGTERM received" not in output and "Aborted" not in output, output[-3000:]
+    assert "--resume --name killed" in output and not (run / "report.json").exists(), output[-3000:]
+    assert not list(run.glob(".*.tmp")), list(run.glob(".*.tmp"))  # no half-written file left behind
+
+    # 4. The user renames the stopped run's folder; it resumes by its new name, where it now is, to the end.
+    renamed = run.with_name("renamed")
+    run.rename(renamed)
+    resumed = run_cli("--resume", "--name", "renamed", "--results", start / "results", "--address", ray_address)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    assert "resuming with" not in resumed.stdout  # nothing differed, so nothing to say
-    assert (run / "report.json").is_file()
-    trials = pd.read_csv(run / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
-    assert len(trials) == 2
+    assert not run.exists() and not list(elsewhere.iterdir())  # nothing written relative to the folder it ran in
+    assert (renamed / "report.json").is_file()
+    trials = pd.read_csv(renamed / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
+    assert len(trials) == 2 and (trials["status"] == "completed").all(), trials
     assert trials.loc[trial_id, "last_val_auroc"] == before["val_auroc"]  # its results kept as they were
     assert trials.loc[trial_id, "epochs_done"] == before["epoch"]
-    # The resume restarted the finished trial's Train run under its name, with no epoch left: it reported its
+    # Each resume restarted the finished trial's Train run under its name, with no epoch left: it reported its
     # last epoch again from the checkpoint (Tune ends a search on a trial that reports nothing) and ended.
-    assert sha(checkpoint) == checkpoint_sha  # the finished trial was not retrained
-    history = pd.read_csv(run / "history.csv", dtype={"trial_id": str})
+    assert sha(renamed / checkpoint) == checkpoint_sha  # the finished trial was not retrained
+    history = pd.read_csv(renamed / "history.csv", dtype={"trial_id": str})
     assert not history.duplicated(["trial_id", "epoch"]).any()
 
-    study = optuna.load_study(study_name=None, storage=f"sqlite:///{run / 'optuna.db'}")
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{renamed / 'optuna.db'}")
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
-    # The trial killed mid-run was restarted under a new Optuna trial; the old one is FAIL, not RUNNING forever.
+    # A trial stopped mid-run was restarted under a new Optuna trial; the old one is FAIL, not RUNNING forever.
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states, states
     assert states.count(optuna.trial.TrialState.COMPLETE) == 2, states
     orphans = study.user_attrs.get("tbray_orphaned_trials", {"numbers": []})["numbers"]
     assert states.count(optuna.trial.TrialState.FAIL) == len(orphans)
 
-    again = run_cli("--resume", "--name", "killed", "--results", tmp_path, "--address", ray_address)
+    again = run_cli("--resume", "--name", "renamed", "--results", start / "results", "--address", ray_address)
     assert again.returncode == 0 and "already finished" in again.stdout
 
 
@@ -173,54 +216,3 @@ def test_every_trial_failing_exits_nonzero_with_first_error(run_cli, ray_address
     assert done.returncode == 1
     assert "every trial failed" in done.stderr and "injected failure" in done.stderr
     assert "Traceback" not in done.stderr.splitlines()[-1]
-
-
-# While every trial runs: Tune then ends them as if they had finished, so only its saved state tells. (Ctrl-C
-# in training: test_concurrent.py, which stops a laptop's search so.)
-def test_sigterm_in_training_and_in_the_final_evaluation_stops_cleanly_and_resumes(run_cli, start_cli, ray_address,
-                                                                                   tiny_data, tmp_path):
-    """One search stopped twice by SIGTERM, as a batch scheduler stops it: while a trial trains, then in the
-    final evaluation of the printed resume, run from another folder (143 both times); then the folder is
-    renamed and resumes under its new name to the end. (Ctrl-C in training: tests/test_concurrent.py.)"""
-    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
-    start.mkdir()
-    elsewhere.mkdir()
-    # Paths as typed relative to where the search starts; the resume runs from another folder.
-    proc = start_cli("--data", os.path.relpath(tiny_data, start), "--results", "results", "--name", "term",
-                     "--address", ray_address, *TINY, "--epochs", "20", "--num-samples", "1", cwd=start)
-    run = start / "results" / "term"
-    wait_for(lambda: list((run / "train").glob("*/checkpoint_*")), 300, "a first epoch", proc)
-    # Every trial exists and runs (one of one): Tune ends it as if finished, so only the signal tells.
-    proc.send_signal(signal.SIGTERM)  # what kill, a batch scheduler or systemd sends to the driver
-    output, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 143, output[-3000:]
-    assert "SIGTERM received" not in output and "Aborted" not in output, output[-3000:]
-    assert (run / "trials.csv").is_file()
-    saved = json.loads((run / "search.json").read_text())
-    assert [Path(p) for p in saved["data"].values()] == [Path(os.path.abspath(tiny_data))]  # one source, by folder
-    assert Path(saved["results"]) == start / "results"
-
-    command = shlex.split(output.split("continue with: ")[-1].splitlines()[0])
-    assert command[0] == "python" and Path(command[1]).is_absolute(), command
-
-    # The printed resume, from another folder, stopped in the final evaluation: trials.csv is rewritten just
-    # before it begins. (Tune used to leave its own SIGINT handler behind, which SIGTERM is handed to, and
-    # the signal was ignored there: the search went on and exited 0, 24 s later.)
-    written = (run / "trials.csv").stat().st_mtime_ns
-    proc = subprocess.Popen([sys.executable, *command[1:]], cwd=elsewhere, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    wait_for(lambda: (run / "trials.csv").stat().st_mtime_ns != written, 300, "the final evaluation", proc)
-    proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 143, output[-3000:]
-    assert "SIGTERM received" not in output and "Aborted" not in output, output[-3000:]
-    assert "--resume --name term" in output and not (run / "report.json").exists(), output[-3000:]
-    assert not list(run.glob(".*.tmp")), list(run.glob(".*.tmp"))  # no half-written file left behind
-
-    # The user renames the stopped run's folder; it resumes by its new name, where it now is.
-    renamed = run.with_name("renamed")
-    run.rename(renamed)
-    resumed = run_cli("--resume", "--name", "renamed", "--results", start / "results", "--address", ray_address)
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    assert pd.read_csv(renamed / "trials.csv", dtype={"trial_id": str})["status"].tolist() == ["completed"] and (renamed / "report.json").is_file()
-    assert not run.exists() and not list(elsewhere.iterdir())  # nothing written relative to the folder it ran in

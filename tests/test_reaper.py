@@ -1,14 +1,14 @@
-"""A local Ray that a search started goes with it, even after `kill -9` of the search."""
+"""The reaper: what a dead parent left goes, the rest stays. (A search's own Ray after `kill -9` of the search:
+tests/test_concurrent.py.)"""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
 
 import psutil
-from conftest import TINY, wait_for
+from conftest import wait_for
 
 from tbray.rayops import reaper
 
@@ -24,27 +24,6 @@ def alive(known: dict[int, float]) -> dict[int, str]:
         except psutil.NoSuchProcess:
             continue
     return left
-
-
-def test_kill_9_of_a_search_takes_its_local_ray_along(start_cli, tiny_data, tmp_path):
-    proc = start_cli("--data", tiny_data, "--results", tmp_path, "--name", "k9", *TINY, "--num-samples", "1",
-                     "--num-cpus", "1")
-    try:
-        # Trials run, so the raylet and both its agents are up.
-        wait_for(lambda: (tmp_path / "k9" / "tune").is_dir(), 400, "the search's trials", proc)
-        ray_processes = reaper.descendants(proc.pid)
-        names = " ".join(alive(ray_processes).values())  # command lines
-        assert "raylet" in names and "gcs_server" in names and "DashboardAgent" in names, names
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        # Ray's agents alone wait 60 s on a dead GCS; with the reaper everything is gone within seconds.
-        deadline = time.time() + 20
-        while alive(ray_processes) and time.time() < deadline:
-            time.sleep(0.5)
-        assert alive(ray_processes) == {}, list(alive(ray_processes).values())
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
 
 def test_the_reaper_kills_what_a_dead_parent_left_and_spares_the_rest(tmp_path):
