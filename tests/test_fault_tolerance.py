@@ -147,8 +147,8 @@ def test_a_search_killed_interrupted_and_stopped_resumes_each_time_without_losin
     assert len(trials) == 2 and (trials["status"] == "completed").all(), trials
     assert trials.loc[trial_id, "last_val_auroc"] == before["val_auroc"]  # its results kept as they were
     assert trials.loc[trial_id, "epochs_done"] == before["epoch"]
-    # Each resume restarted the finished trial's Train run under its name, with no epoch left: it reported its
-    # last epoch again from the checkpoint (Tune ends a search on a trial that reports nothing) and ended.
+    # The first resume restarted the finished trial's Train run under its name, with no epoch left: it reported
+    # its last epoch again from the checkpoint (Tune ends a search on a trial that reports nothing) and ended.
     assert sha(renamed / checkpoint) == checkpoint_sha  # the finished trial was not retrained
     history = pd.read_csv(renamed / "history.csv", dtype={"trial_id": str})
     assert not history.duplicated(["trial_id", "epoch"]).any()
