@@ -15,7 +15,8 @@ def test_kinds_name_rays_processes_scripts_and_programs():
     venv = "/x/.venv/lib/python3.11/site-packages"
     assert kind(["ray::TrainController.run"]) == kind(["ray::TrainController"]) == "ray::TrainController"
     assert kind(["ray-dashboard-NodeHead-0", "(/x/python", "-B", "-c", "...)"]) == "ray-dashboard-NodeHead"
-    assert kind(["/x/.venv/bin/python", f"{venv}/ray/_private/workers/default_worker.py", "--node-ip-address=1"]) == WAITING
+    worker = f"{venv}/ray/_private/workers/default_worker.py"
+    assert kind(["/x/.venv/bin/python", worker, "--node-ip-address=1"]) == WAITING
     assert kind(["/x/.venv/bin/python", "-u", "/repo/tune/search.py", "--data", "d"]) == "tune/search.py"
     assert kind(["/x/.venv/bin/python", "-m", "pytest", "-q"]) == "pytest"
     assert kind(["/x/.venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet", "--node"]) == "raylet"
@@ -40,7 +41,8 @@ def test_an_orphan_the_command_leaves_is_counted_with_its_cpu(tmp_path):
                            sys.executable, "-c", command], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    rows = {line.split()[0]: line.split()[1:] for line in lines[lines.index(next(l for l in lines if l.startswith("kind"))) + 1:]}
+    header = next(i for i, line in enumerate(lines) if line.startswith("kind"))  # the table's last header line
+    rows = {line.split()[0]: line.split()[1:] for line in lines[header + 1:]}
     assert rows["orphan/busy.py"][0] == "1" and float(rows["orphan/busy.py"][1]) >= 0.9, done.stdout
     assert any(line.startswith("exit 0, ") for line in lines), done.stdout
 

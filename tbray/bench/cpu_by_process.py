@@ -62,14 +62,15 @@ def kind(cmdline: list[str]) -> str:
     return "/".join(parts[-2:])  # tune/search.py, bin/ray
 
 
-def _read(pid: int) -> tuple[str, float] | None:
-    """(start time, CPU seconds) of a process, or None once it is gone."""
+def _read(pid: int) -> tuple[str, float, str] | None:
+    """(start time, CPU seconds, short name) of a process, or None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+            head, tail = f.read().rsplit(")", 1)
     except OSError:
         return None
-    return fields[19], (int(fields[11]) + int(fields[12])) / TICKS  # starttime, utime + stime
+    fields = tail.split()  # after the name: state, ppid, ...; utime and stime are the 12th and 13th
+    return fields[19], (int(fields[11]) + int(fields[12])) / TICKS, head.split("(", 1)[1]
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -108,19 +109,24 @@ def measure(command: list[str], interval: float = 0.2) -> tuple[int, float, dict
     started = time.monotonic()
     proc = subprocess.Popen(command)
     while True:
-        finished = proc.poll() is not None
-        for pid in _descendants(os.getpid()):
+        for pid in _descendants(os.getpid()):  # an ended command's last figures too: it waits, unreaped
             if (read := _read(pid)) is not None:
                 key = (pid, read[0])  # a reused pid starts at another time
                 label = kind(_cmdline(pid))  # read each time: Ray's processes rename themselves once started
-                seen[key] = Seen(seen[key].kind if label == "?" and key in seen else label, read[1])
-        while True:  # orphans of the command become ours: reap them, as PID 1 would
+                if label == "?":  # it has ended (its command line reads empty): keep its name, or take the kernel's
+                    label = seen[key].kind if key in seen else read[2]
+                seen[key] = Seen(label, read[1])
+        # Reap what ended: the command, for its exit code, and the orphans it left, ours now as PID 1's would be.
+        while True:
             try:
-                if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                    break
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
-        if finished:
+            if pid == 0:
+                break
+            if pid == proc.pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode is not None:
             return proc.returncode, time.monotonic() - started, seen
         time.sleep(interval)
 
@@ -129,7 +135,7 @@ def table(seen: dict[tuple[int, str], Seen]) -> pd.DataFrame:
     """CPU seconds and processes by kind, most CPU first, with each kind's share of the total."""
     frame = pd.DataFrame([{"kind": s.kind, "cpu_s": s.cpu_s} for s in seen.values()])
     out = frame.groupby("kind")["cpu_s"].agg(processes="size", cpu_s="sum").sort_values("cpu_s", ascending=False)
-    out["share"] = out["cpu_s"] / out["cpu_s"].sum()
+    out["share"] = out["cpu_s"] / max(out["cpu_s"].sum(), 1e-9)  # 0, not NaN, for a command that used none
     return out
 
 
@@ -143,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         p.error("give the command to measure after --, e.g. -- make test")
-    code, wall, seen = measure(command, args.interval)
+    try:
+        code, wall, seen = measure(command, args.interval)
+    except KeyboardInterrupt:  # Ctrl-C reached the command too: it stops, and nothing is left to count
+        return 130
     result = table(seen)
     cpu = result["cpu_s"].sum()
     print(f"\n{shlex.join(command)}\nexit {code}, {wall:.1f} s wall, {cpu:.1f} s CPU in {len(seen)} processes "
