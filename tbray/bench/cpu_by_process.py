@@ -5,7 +5,7 @@ process start-up (Ray's actors, the command-line runs), which pytest's `--durati
 The command runs as a child of this one, which becomes its subreaper (Linux `prctl`): a daemon that
 `ray start` leaves behind stays under it instead of moving to PID 1, so every process the command starts
 is counted. Each is sampled from /proc every `--interval` seconds until it ends; CPU a process spends
-after its last sample, and processes that live less than one interval, are missed (a few per cent).
+after its last sample, and processes that live less than one interval, are missed.
 Linux only.
 """
 
