@@ -35,7 +35,7 @@ NOT_METRICS = {"trial_id", "epoch", "checkpoint_path", "node_id"}  # history col
 _starting: dict[str, Future] = {}  # the run folder's new SQLite store, being made while the search runs
 TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid", "time_since_restore",
              "iterations_since_restore", "done", "epoch"}  # Tune's own numbers in a result, not the trial's
-SKIPPED = TUNE_KEYS | NOT_METRICS  # what a live result holds that is not a trial's measurement
+SKIPPED = TUNE_KEYS | NOT_METRICS | {"reported_at"}  # what a live result holds that is not a trial's measurement
 # Classic ML, not GenAI; MLflow 3.17's UI reads its view from the address too (?workflowType: tune/ui.py).
 KIND = {"mlflow.experimentKind": "custom_model_development"}
 ARTIFACTS = ["report.md", "report.json", "model_card.md", "trials.csv", "history.csv", "classification_report.txt"]
@@ -256,8 +256,9 @@ class LiveRuns(tune.Callback):
         def log() -> None:
             if (run_id := self._trial(trial)) is None:
                 return
-            # When it arrived, in ms: Tune's own "timestamp" is in whole seconds, too coarse for short epochs.
-            when, step = int(time.time() * 1000), int(result.get("epoch", 0))
+            # When the worker reported it, in ms: Tune's own "timestamp" is in whole seconds, too coarse for short
+            # epochs, and the time it arrived bunches epochs whenever the driver takes two results at once.
+            when, step = int(result.get("reported_at", time.time()) * 1000), int(result.get("epoch", 0))
             metrics = [Metric(k, float(v), when, step) for k, v in result.items() if k not in SKIPPED
                        and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
             _log(self._session["client"], run_id, {}, metrics)

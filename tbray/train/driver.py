@@ -131,7 +131,7 @@ def report_folds(queue: Queue, folds: int, settings: TrainSettings, metric: str,
                       **({"data_path": rows[names[0]]["data_path"]} if "data_path" in rows[names[0]] else {})}
             best = merged[metric] if best is None else (min if mode == "min" else max)(best, merged[metric])
             merged[f"best_{metric}"] = best
-            tune.report(merged)
+            tune.report({**merged, "reported_at": time.time()})
 
 
 def control_trial(config: dict, refs: dict, **kwargs) -> None:

@@ -188,6 +188,7 @@ def worker_loop(spec: TrialSpec, entered: float | None = None) -> None:
         # All ranks report the same metrics; rank 0 alone writes a checkpoint, and only on the epochs it must.
         save = rank == 0 and checkpoint_due(epoch + 1, params.epochs, settings.checkpoint_every,
                                             improved=best_so_far != previous)
+        row["reported_at"] = time.time()  # MLflow's time of this epoch: the driver may take two results at once
         report(row, checkpoint_state(spec, model, optimizer, epoch + 1, best_so_far, row) if save else None)
         if save:
             hold_for_a_kill(epoch + 1)
