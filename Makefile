@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 # Everything: the tiers below, the searches, the fault-tolerance runs and the real X-rays (what CI runs).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
 
 # The tests that start no Ray and run no search (markers `ray` and `search`, set in tests/conftest.py).
 test-fast: $(STAMP)

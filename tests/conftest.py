@@ -23,14 +23,35 @@ RAY_FIXTURES = {"ray_session"}  # the session's local Ray; ray_address and dashb
 SEARCH_FIXTURES = {"run_cli", "start_cli"}  # tune/search.py as a user runs it: its own Ray, or --address
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (it runs first otherwise)
 def pytest_collection_modifyitems(items):
-    """`ray`: the test starts or joins a Ray; `search`: it runs tune/search.py. `make test-fast` runs the rest."""
+    """`ray`: the test starts or joins a Ray; `search`: it runs tune/search.py. `make test-fast` runs the rest.
+
+    `make test` runs two pytest-xdist workers (`--dist loadgroup`), each with its own session Ray when its
+    tests need one. A group goes to one worker whole: the tests that read the shared finished search
+    (made once), and otherwise a module (its fixtures made once). The Ray tests come first, so that the
+    long ones start early and the short ones fill the end.
+    """
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
         if used & SEARCH_FIXTURES:
             item.add_marker(pytest.mark.search)
         if used & (SEARCH_FIXTURES | RAY_FIXTURES):
             item.add_marker(pytest.mark.ray)
+        item.add_marker(pytest.mark.xdist_group("finished-run" if "finished_run" in used else item.module.__name__))
+    items.sort(key=lambda item: item.get_closest_marker("ray") is None)
+
+
+def built_once(tmp_path_factory, what: str) -> None:
+    """Fail if another pytest-xdist worker of this run has built `what` too: its group was split, so a
+    session's search would run twice. (pytest 9.2 broke xdist's groups: pytest-xdist issue 1386.)"""
+    if run := os.environ.get("PYTEST_XDIST_TESTRUNUID"):
+        marker = tmp_path_factory.getbasetemp().parent / f"built-{what}-{run}"
+        try:
+            marker.touch(exist_ok=False)
+        except FileExistsError:
+            raise AssertionError(f"{what} is built by two pytest-xdist workers: its tests were not kept in one "
+                                 "group (--dist loadgroup; pytest<9.2, pytest-xdist issue 1386)") from None
 
 
 @pytest.fixture(scope="session")
@@ -132,6 +153,8 @@ class FinishedRun:
 def finished_run(run_cli, ray_address, tiny_data, tmp_path_factory) -> FinishedRun:
     """One tiny two-trial search with an external set, shared by every test that reads a finished run."""
     from tbray.data import demo
+
+    built_once(tmp_path_factory, "finished_run")
 
     tmp_path = tmp_path_factory.mktemp("finished")
     data = tmp_path / "data"

@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, built_once
 
 REAL = REPO.parent / "shared" / "realcxr"
 pytestmark = pytest.mark.skipif(not (REAL / "tbdb-dev").is_dir() or not (REAL / "second-source-dev").is_dir(),
@@ -41,6 +41,7 @@ def real_run(run_cli, ray_address, tmp_path_factory) -> Path:
     """The default rule and metric, on real X-rays, with an external set: 2-4 minutes on 2 cores. (The
     shortcut audit is tested on a finished tiny run, tests/test_audit.py: here its round of two trainings
     added 66 s and checked nothing that test does not.)"""
+    built_once(tmp_path_factory, "real_run")
     results = tmp_path_factory.mktemp("real")
     # Half of the other hospital's images: the other half is for the site calibration test below.
     second = _half(REAL / "second-source-dev", results / "second-b", 1)
