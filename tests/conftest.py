@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -176,7 +177,11 @@ def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"search exited ({proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
         time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
+    if proc is None:
+        raise AssertionError(f"timed out waiting for {what}")
+    os.killpg(proc.pid, signal.SIGKILL)  # its output so far says where it was; a pipe can't be read while it runs
+    raise AssertionError(f"timed out waiting for {what} after {timeout:.0f} s; the search said:\n"
+                         f"{proc.communicate()[0][-3000:]}")
 
 
 @pytest.fixture(scope="session")

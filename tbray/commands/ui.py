@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from tbray.errors import UserError
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 120.0  # MLflow's server migrates its SQLite schema on first start (~10 s on 2 cores)
+STOP_TIMEOUT_S = 15.0  # for all three to end on SIGTERM before they are killed
 
 
 @dataclass(frozen=True)
@@ -135,15 +138,27 @@ def last_line(running: Running) -> str:
 
 
 def stop(started: list[Running]) -> None:
-    for running in started:
-        if running.proc.poll() is None:
-            running.proc.terminate()
+    """SIGTERM to each viewer's process group (MLflow's server has a worker of its own), then SIGKILL to any
+    group still there after STOP_TIMEOUT_S, counted once for all three, so Ctrl-C returns within it."""
+    signal_groups(started, signal.SIGTERM)
+    deadline = time.time() + STOP_TIMEOUT_S
     for running in started:
         try:
-            running.proc.wait(timeout=20)
+            running.proc.wait(timeout=max(0.0, deadline - time.time()))
         except subprocess.TimeoutExpired:
-            running.proc.kill()
+            pass
+    signal_groups(started, signal.SIGKILL)  # what outlived SIGTERM, the workers of a leader gone included
+    for running in started:
+        running.proc.wait()
         running.log.close()
+
+
+def signal_groups(started: list[Running], signum: int) -> None:
+    for running in started:
+        try:
+            os.killpg(running.proc.pid, signum)  # each started as a session leader: its group is its pid
+        except ProcessLookupError:  # that group has ended
+            pass
 
 
 def parser() -> argparse.ArgumentParser:
