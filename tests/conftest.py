@@ -24,6 +24,14 @@ RAY_FIXTURES = {"ray_session"}  # the session's local Ray; ray_address and dashb
 SEARCH_FIXTURES = {"run_cli", "start_cli"}  # tune/search.py as a user runs it: its own Ray, or --address
 
 
+def pytest_configure(config):
+    """Ctrl-C as a terminal gives it. A suite started in the background by a script (`make test &`) inherits
+    SIGINT ignored, and so would every command a test starts: tune/ui.py then sat through the test's Ctrl-C
+    (2026-12-04). A Python handler, unlike "ignored", is not passed on to the programs the tests run."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (it runs first otherwise)
 def pytest_collection_modifyitems(items):
     """`ray`: the test starts or joins a Ray; `search`: it runs tune/search.py. `make test-fast` runs the rest.

@@ -32,6 +32,22 @@ def _viewer_urls(ui: subprocess.Popen) -> dict[str, str]:
     raise AssertionError(f"tune/ui.py ended ({ui.wait()}) before printing its viewers")
 
 
+def _exit_code(ui: subprocess.Popen, timeout: float) -> int:
+    """tune/ui.py's exit code; if it is still running after `timeout`, a failure that says what it and its
+    viewers were doing (then they are killed, so the suite goes on)."""
+    try:
+        return ui.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        import psutil
+        left = [psutil.Process(ui.pid), *psutil.Process(ui.pid).children(recursive=True)]
+        states = "; ".join(f"{p.pid} {p.status()} {' '.join(p.cmdline()[:3])}" for p in left if p.is_running())
+        stack = subprocess.run(["py-spy", "dump", "--pid", str(ui.pid)], capture_output=True, text=True).stdout \
+            if shutil.which("py-spy") else "(py-spy not installed: no stack)"
+        for p in left:
+            p.kill()
+        raise AssertionError(f"tune/ui.py still running {timeout:.0f} s after Ctrl-C: {states}\n{stack}") from None
+
+
 def test_the_viewers_open_from_the_install_and_show_the_runs_trials(finished_run, browser, tmp_path):
     """`make ui`'s command on a finished tiny run: MLflow's UI, optuna-dashboard and TensorBoard, each on
     loopback, each showing a Tune trial id in headless Chromium; Ctrl-C stops all three."""
@@ -76,7 +92,7 @@ def test_the_viewers_open_from_the_install_and_show_the_runs_trials(finished_run
                     shutil.copy(shot, Path(os.environ["TBRAY_VIEWER_SCREENSHOTS"]) / shot.name)
     finally:
         ui.send_signal(signal.SIGINT)  # Ctrl-C, as a person ends it
-        code = ui.wait(timeout=60)
+        code = _exit_code(ui, 60)
         watchdog.cancel()
     assert code == 130
     ports = [urllib.parse.urlsplit(u).port for u in urls.values()]
