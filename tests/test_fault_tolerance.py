@@ -118,7 +118,8 @@ def test_a_search_killed_interrupted_and_stopped_resumes_each_time_without_losin
     checkpoints = set(run.glob("train/*/checkpoint_*"))  # the finished trial may write its last one again
     proc = start_cli(*args, "--resume", cwd=start)
     wait_for(lambda: [c for c in set(run.glob("train/*/checkpoint_*")) - checkpoints
-                      if c.parent.name != f"train-{trial_id}"], PATIENCE_S, "an epoch of the trial killed mid-run", proc)
+                      if c.parent.name != f"train-{trial_id}"],
+             PATIENCE_S, "an epoch of the trial killed mid-run", proc)
     proc.send_signal(signal.SIGINT)  # Ctrl-C in training
     output, _ = proc.communicate(timeout=180)
     assert proc.returncode == 130, output[-3000:]

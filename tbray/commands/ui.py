@@ -138,8 +138,9 @@ def last_line(running: Running) -> str:
 
 
 def stop(started: list[Running]) -> None:
-    """SIGTERM to each viewer's process group (MLflow's server has a worker of its own), then SIGKILL to any
-    group still there after STOP_TIMEOUT_S, counted once for all three, so Ctrl-C returns within it."""
+    """SIGTERM to each viewer's process group, then SIGKILL to any group still there after STOP_TIMEOUT_S,
+    counted once for all three, so Ctrl-C returns within it. Groups, not leaders: MLflow's server runs uvicorn,
+    a job runner and seven huey consumers, and TensorBoard a data server (seen with psutil, 2026-12-04)."""
     signal_groups(started, signal.SIGTERM)
     deadline = time.time() + STOP_TIMEOUT_S
     for running in started:
